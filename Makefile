@@ -1,0 +1,28 @@
+# CLUE on TFX. The two commands: `make run` (the main job) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast venv clean
+
+# Create .venv from the lock file when it is missing (or the lock changed).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@bash scripts/make_venv.sh "$(VENV)"
+
+venv: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/clue run $(RUN_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf clue_runs .pytest_cache

@@ -1,0 +1,110 @@
+"""Typed configs with named presets.
+
+Shapes used throughout the project:
+  P = number of pre-training services (``len(services)``),
+  S = ``max_items``  items kept per (user, service), newest last,
+  L = ``max_tokens`` tokens per item, the first one the service token, 0 = pad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the CLUE encoder (paper section 2.1)."""
+
+    vocab_size: int = 1024          # BPE vocabulary size incl. special tokens
+    max_items: int = 8              # S
+    max_tokens: int = 16            # L
+    hidden_dim: int = 32            # D_in = D_out (token and item width)
+    child_layers: int = 1           # layers of the child transformer T_c
+    parent_layers: int = 1          # layers of the parent transformer T_p
+    num_heads: int = 2
+    intermediate_dim: int = 64      # feed-forward width of every layer
+    projection_dim: int = 32        # width of f(z) = W2 sigma(W1 z)
+    output_dim: Optional[int] = None  # paper 5.4 output-dimension layer; None = hidden_dim
+    dropout: float = 0.0
+    logit_scale_init: float = 14.27
+    logit_scale_max: float = 100.0
+
+    @property
+    def embedding_dim(self) -> int:
+        """Per-service user embedding width (after the optional output layer)."""
+        return self.output_dim or self.hidden_dim
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (paper section 2.2)."""
+
+    batch_size: int = 32            # GLOBAL batch (all replicas together)
+    train_steps: int = 200
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.01   # linear warm-up over the first 1% of steps
+    final_lr_fraction: float = 0.1  # cosine decay down to 10% of the peak
+    clipnorm: float = 0.01          # global-norm gradient clipping
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# Presets. Parameter counts (vocabulary included) are printed by
+# `clue presets` and pinned by tests/test_config.py; they span the paper's
+# sweep of about 4M to 160M parameters, plus `tiny` for tests.
+PRESETS: Dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "clue-4m": ModelConfig(vocab_size=16000, max_items=32, max_tokens=24, hidden_dim=192,
+                           child_layers=2, parent_layers=2, num_heads=4,
+                           intermediate_dim=512, projection_dim=128),
+    "clue-20m": ModelConfig(vocab_size=32000, max_items=64, max_tokens=32, hidden_dim=384,
+                            child_layers=4, parent_layers=4, num_heads=6,
+                            intermediate_dim=1024, projection_dim=256),
+    "clue-60m": ModelConfig(vocab_size=50000, max_items=128, max_tokens=32, hidden_dim=512,
+                            child_layers=8, parent_layers=8, num_heads=8,
+                            intermediate_dim=2048, projection_dim=512),
+    "clue-160m": ModelConfig(vocab_size=50000, max_items=256, max_tokens=32, hidden_dim=768,
+                             child_layers=12, parent_layers=12, num_heads=12,
+                             intermediate_dim=3072, projection_dim=768),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(d: Dict[str, Any]) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+    return ModelConfig(**d)
+
+
+def train_config_from_dict(d: Dict[str, Any]) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+    return TrainConfig(**d)
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)

@@ -1,0 +1,1 @@
+"""The CLUE TFX pipeline: definition, runners, trainer module and the `clue` CLI."""
