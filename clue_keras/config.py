@@ -71,10 +71,10 @@ PRESETS: Dict[str, ModelConfig] = {
                             child_layers=4, parent_layers=4, num_heads=6,
                             intermediate_dim=1024, projection_dim=256),
     "clue-60m": ModelConfig(vocab_size=50000, max_items=128, max_tokens=32, hidden_dim=512,
-                            child_layers=8, parent_layers=8, num_heads=8,
+                            child_layers=6, parent_layers=6, num_heads=8,
                             intermediate_dim=2048, projection_dim=512),
     "clue-160m": ModelConfig(vocab_size=50000, max_items=256, max_tokens=32, hidden_dim=768,
-                             child_layers=12, parent_layers=12, num_heads=12,
+                             child_layers=9, parent_layers=9, num_heads=12,
                              intermediate_dim=3072, projection_dim=768),
 }
 
@@ -108,3 +108,21 @@ def train_config_from_dict(d: Dict[str, Any]) -> TrainConfig:
 
 def dumps(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def param_count(mc: ModelConfig) -> int:
+    """Trainable parameters of the CLUE pre-trainer built from ``mc`` (closed form).
+
+    Embeddings (tokens, token and item positions) + (child + parent) transformer
+    blocks (attention 4(d^2 + d), feed-forward 2 d ff + ff + d, two LayerNorms 4d)
+    + optional output layer + projection head + the logit scale. Pinned against
+    the built Keras model in tests/test_config.py.
+    """
+    d, ff = mc.hidden_dim, mc.intermediate_dim
+    embeddings = (mc.vocab_size + mc.max_tokens + mc.max_items) * d
+    block = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d
+    blocks = (mc.child_layers + mc.parent_layers) * block
+    o = mc.embedding_dim
+    output = (d * o + o) if mc.output_dim else 0
+    projection = (o * o + o) + (o * mc.projection_dim + mc.projection_dim)
+    return embeddings + blocks + output + projection + 1

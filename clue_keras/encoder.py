@@ -1,0 +1,174 @@
+"""The CLUE encoder: child transformer over item tokens, parent over items.
+
+Paper section 2.1, eqs. (1)-(3):
+    h_i = MEAN(T_c(E_i)),   H = [h_1 | ... | h_S],   z = MEAN(T_p(H)).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from clue_keras.config import ModelConfig
+from clue_keras.masked_mean import MaskedMean
+from clue_keras.transformer_layer import TransformerLayer
+
+
+@keras.saving.register_keras_serializable(package="clue")
+class CLUEEncoder(keras.Model):
+    """Dict-in / dict-out user encoder. Knows nothing of the loss.
+
+    Inputs: ``{"token_ids": int32 [B, P, S, L]}`` -- P services, S items per
+    service (oldest first, all-zero rows are padding items), L tokens per item
+    whose first token is the service token; 0 is padding.
+
+    Outputs:
+      ``user_embedding``: float32 [B, P, D] with D = ``output_dim or hidden_dim``;
+          zeros where the user has no item in a service. Not normalised.
+      ``service_mask``: bool [B, P], true where the user has >= 1 item.
+
+    Only non-padding items go through the child transformer (they are gathered
+    first and scattered back), so an [S, L] block that is mostly padding costs
+    only its real items.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        max_items: int,
+        max_tokens: int,
+        hidden_dim: int,
+        child_layers: int,
+        parent_layers: int,
+        num_heads: int,
+        intermediate_dim: int,
+        output_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.hidden_dim = hidden_dim
+        self.child_layers = child_layers
+        self.parent_layers = parent_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.output_dim = output_dim
+        self.dropout = dropout
+
+        policy = self.dtype_policy
+        self.token_embedding = keras.layers.Embedding(
+            vocabulary_size, hidden_dim, dtype=policy, name="token_embedding"
+        )
+        self.token_position = keras.layers.Embedding(
+            max_tokens, hidden_dim, dtype=policy, name="token_position_embedding"
+        )
+        self.item_position = keras.layers.Embedding(
+            max_items, hidden_dim, dtype=policy, name="item_position_embedding"
+        )
+        self.child = [
+            TransformerLayer(intermediate_dim, num_heads, dropout=dropout, activation="gelu",
+                             dtype=policy, name=f"child_{i}")
+            for i in range(child_layers)
+        ]
+        self.parent = [
+            TransformerLayer(intermediate_dim, num_heads, dropout=dropout, activation="gelu",
+                             dtype=policy, name=f"parent_{i}")
+            for i in range(parent_layers)
+        ]
+        self.pool = MaskedMean(dtype=policy, name="masked_mean")
+        self.output_layer = (
+            keras.layers.Dense(output_dim, dtype=policy, name="output_dim") if output_dim else None
+        )
+
+    @classmethod
+    def from_config_dataclass(cls, cfg: ModelConfig, dtype=None) -> "CLUEEncoder":
+        return cls(
+            vocabulary_size=cfg.vocab_size, max_items=cfg.max_items, max_tokens=cfg.max_tokens,
+            hidden_dim=cfg.hidden_dim, child_layers=cfg.child_layers,
+            parent_layers=cfg.parent_layers, num_heads=cfg.num_heads,
+            intermediate_dim=cfg.intermediate_dim, output_dim=cfg.output_dim,
+            dropout=cfg.dropout, dtype=dtype,
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.output_dim or self.hidden_dim
+
+    def build(self, input_shape=None):
+        d = self.hidden_dim
+        self.token_embedding.build((None, self.max_tokens))
+        self.token_position.build((self.max_tokens,))
+        self.item_position.build((self.max_items,))
+        for layer in self.child:
+            layer.build((None, self.max_tokens, d))
+        for layer in self.parent:
+            layer.build((None, self.max_items, d))
+        if self.output_layer is not None:
+            self.output_layer.build((None, d))
+        self.built = True
+
+    def encode_items(self, token_ids, training=False):
+        """Item vectors h_i (eq. 1).
+
+        token_ids: int32 [N, L]; an all-zero row is a padding item.
+        Returns float [N, hidden_dim] (compute dtype); zeros for padding items.
+        """
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        token_mask = ops.not_equal(token_ids, 0)
+        x = self.token_embedding(token_ids)
+        positions = ops.arange(ops.shape(token_ids)[-1], dtype="int32")
+        x = x + self.token_position(positions)[None]
+        for layer in self.child:
+            x = layer(x, padding_mask=token_mask, training=training)
+        return self.pool(x, token_mask)
+
+    def call(self, inputs, training=False):
+        token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        shape = ops.shape(token_ids)
+        b, p, s, l = shape[0], shape[1], shape[2], shape[3]
+        flat = ops.reshape(token_ids, (-1, l))                      # [B*P*S, L]
+        item_mask_flat = ops.any(ops.not_equal(flat, 0), axis=-1)  # [B*P*S]
+
+        # Child transformer on real items only, then scatter back.
+        real = tf.where(item_mask_flat)[:, 0]                      # [N_real]
+        h_real = self.encode_items(tf.gather(flat, real), training=training)
+        h = tf.scatter_nd(real[:, None], h_real,
+                          ops.cast(ops.stack([ops.shape(flat)[0], self.hidden_dim]), "int64"))
+        h = ops.reshape(h, (-1, s, self.hidden_dim))               # [B*P, S, D]
+        item_mask = ops.reshape(item_mask_flat, (-1, s))           # [B*P, S]
+
+        x = h + self.item_position(ops.arange(s, dtype="int32"))[None]
+        for layer in self.parent:
+            x = layer(x, padding_mask=item_mask, training=training)
+        z = self.pool(x, item_mask)                                # [B*P, D]
+        service_mask = ops.any(item_mask, axis=-1)
+        if self.output_layer is not None:
+            z = self.output_layer(z)
+        z = ops.cast(z, "float32") * ops.cast(service_mask, "float32")[:, None]
+        return {
+            "user_embedding": ops.reshape(z, (b, p, self.embedding_dim)),
+            "service_mask": ops.reshape(service_mask, (b, p)),
+        }
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+        }
+        config.update(
+            vocabulary_size=self.vocabulary_size, max_items=self.max_items,
+            max_tokens=self.max_tokens, hidden_dim=self.hidden_dim,
+            child_layers=self.child_layers, parent_layers=self.parent_layers,
+            num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,
+            output_dim=self.output_dim, dropout=self.dropout,
+        )
+        return config
