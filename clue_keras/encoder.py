@@ -114,6 +114,12 @@ class CLUEEncoder(keras.Model):
             self.output_layer.build((None, d))
         self.built = True
 
+    def get_build_config(self):
+        return {"built": True}
+
+    def build_from_config(self, config):
+        self.build(None)
+
     def encode_items(self, token_ids, training=False):
         """Item vectors h_i (eq. 1).
 

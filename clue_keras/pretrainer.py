@@ -44,7 +44,8 @@ class CLUEPretrainer(keras.Model):
         self.pair_tracker = keras.metrics.Sum(name="pairs")
 
     def build(self, input_shape=None):
-        self.encoder.build(None)
+        if not self.encoder.built:
+            self.encoder.build(None)
         self.proj_hidden.build((None, self.encoder.embedding_dim))
         self.proj_out.build((None, self.encoder.embedding_dim))
         self.log_logit_scale = self.add_weight(
@@ -53,6 +54,12 @@ class CLUEPretrainer(keras.Model):
             dtype="float32", autocast=False,
         )
         self.built = True
+
+    def get_build_config(self):
+        return {"built": True}
+
+    def build_from_config(self, config):
+        self.build(None)
 
     @property
     def logit_scale(self):

@@ -1,0 +1,86 @@
+"""TensorFlow Serving ``models.config`` files (``ModelServerConfig`` text proto).
+
+The text is built from ``tensorflow_serving.config.model_server_config_pb2``
+and printed with ``google.protobuf.text_format``, so it is valid by
+construction and parses back with ``text_format.Parse``. Pass the file to the
+``tensorflow/serving`` image with ``--model_config_file=/config/models.config``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence, Tuple
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+
+def models_config(
+    models: Sequence[Tuple[str, str]], num_versions: int = 1
+) -> model_server_config_pb2.ModelServerConfig:
+    """Builds a ``ModelServerConfig`` serving each (name, base_path).
+
+    Args:
+      models: ``(model_name, base_path)`` pairs; ``base_path`` is the path *as
+        the server sees it* (inside the container, e.g. ``/models/clue``),
+        holding ``<integer version>/saved_model.pb`` directories.
+      num_versions: how many of the newest versions each model serves at once
+        (TF Serving's ``latest`` version policy; its default is 1).
+
+    Raises:
+      ValueError: on an empty list, an empty or duplicate name, a relative
+        base path or ``num_versions < 1``.
+    """
+    if not models:
+        raise ValueError("models_config needs at least one (name, base_path) pair")
+    if num_versions < 1:
+        raise ValueError(f"num_versions must be >= 1, got {num_versions}")
+    config = model_server_config_pb2.ModelServerConfig()
+    seen = set()
+    for name, base_path in models:
+        if not name:
+            raise ValueError("model name must not be empty")
+        if name in seen:
+            raise ValueError(f"model name {name!r} appears twice")
+        if not (base_path.startswith("/") or "://" in base_path):
+            raise ValueError(
+                f"base_path {base_path!r} for model {name!r} must be absolute "
+                "(a path inside the server, e.g. /models/NAME, or a gs:// URL)"
+            )
+        seen.add(name)
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = base_path
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.latest.num_versions = num_versions
+    return config
+
+
+def models_config_text(models: Sequence[Tuple[str, str]], num_versions: int = 1) -> str:
+    """``models_config(...)`` as the text proto TF Serving reads."""
+    return text_format.MessageToString(models_config(models, num_versions))
+
+
+def parse_models_config(text: str) -> model_server_config_pb2.ModelServerConfig:
+    """Parses a ``models.config`` text proto (raises ``text_format.ParseError``)."""
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def write_models_config(
+    path: str, models: Sequence[Tuple[str, str]], num_versions: int = 1
+) -> str:
+    """Writes ``models_config_text(...)`` to ``path`` atomically; returns ``path``."""
+    text = models_config_text(models, num_versions)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".models.config.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

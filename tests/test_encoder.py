@@ -1,0 +1,133 @@
+"""Shared layer/model harness for the CLUE encoder and pre-trainer
+(cf. keras-hub run_layer_test / run_model_saving_test)."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clue_keras.config import PRESETS, param_count
+from clue_keras.encoder import CLUEEncoder
+from clue_keras.masked_mean import MaskedMean
+from clue_keras.pretrainer import CLUEPretrainer
+from clue_keras.train import build_pretrainer, load_pretrainer, save_keras_atomic
+
+MC = PRESETS["tiny"]
+
+
+def token_batch(b=4, p=3, seed=0, mc=MC):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, mc.vocab_size, size=(b, p, mc.max_items, mc.max_tokens)).astype("int32")
+    ids[:, :, 4:] = 0          # 4 real items per service
+    ids[:, :, :, 7:] = 0       # 7 tokens per item
+    ids[0, 2] = 0              # user 0 has no item in service 2
+    return ids
+
+
+def test_masked_mean_matches_numpy_and_never_nan():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    mask = np.array([[True, False, True], [False, False, False]])
+    out = MaskedMean()(x, mask).numpy()
+    np.testing.assert_allclose(out[0], (x[0, 0] + x[0, 2]) / 2)
+    np.testing.assert_array_equal(out[1], np.zeros(4))
+
+
+def test_outputs_shapes_masks_and_padding_invariance():
+    enc = CLUEEncoder.from_config_dataclass(MC)
+    ids = token_batch()
+    out = enc({"token_ids": ids})
+    assert out["user_embedding"].shape == (4, 3, MC.embedding_dim)
+    assert out["user_embedding"].dtype == tf.float32
+    np.testing.assert_array_equal(out["service_mask"].numpy(), ids.any(axis=(2, 3)))
+    np.testing.assert_array_equal(out["user_embedding"].numpy()[0, 2], 0.0)
+    # Extra padding items / tokens change nothing: padding is masked everywhere.
+    wider = np.zeros((4, 3, MC.max_items, MC.max_tokens), "int32")
+    wider[:, :, :4, :7] = ids[:, :, :4, :7]
+    np.testing.assert_allclose(enc({"token_ids": wider})["user_embedding"],
+                               out["user_embedding"], atol=1e-6)
+    # A user's embedding does not depend on the other users of the batch.
+    alone = enc({"token_ids": ids[1:2]})["user_embedding"].numpy()
+    np.testing.assert_allclose(alone[0], out["user_embedding"].numpy()[1], atol=1e-5)
+
+
+def test_eager_equals_tf_function():
+    enc = CLUEEncoder.from_config_dataclass(MC)
+    ids = token_batch()
+    eager = enc({"token_ids": ids})["user_embedding"]
+    graph = tf.function(lambda x: enc({"token_ids": x})["user_embedding"])(ids)
+    np.testing.assert_allclose(graph, eager, atol=1e-6)
+
+
+def test_config_round_trip():
+    enc = CLUEEncoder.from_config_dataclass(MC.replace(output_dim=16))
+    clone = CLUEEncoder.from_config(enc.get_config())
+    assert clone.get_config() == enc.get_config()
+    model = build_pretrainer(MC)
+    cfg = model.get_config()
+    again = CLUEPretrainer.from_config(cfg)
+    assert again.get_config() == cfg
+
+
+@pytest.mark.parametrize("policy,compute", [("float32", tf.float32),
+                                            ("mixed_bfloat16", tf.bfloat16),
+                                            ("mixed_float16", tf.float16)])
+def test_mixed_precision_dtypes_and_finite(policy, compute):
+    model = build_pretrainer(MC, policy)
+    ids = token_batch()
+    out = model({"token_ids": ids})
+    # Documented output dtypes: embeddings and projections float32 whatever the policy.
+    assert out["user_embedding"].dtype == tf.float32
+    assert out["projection"].dtype == tf.float32
+    assert model.logit_scale.dtype == tf.float32
+    # Inside: the child transformer computes in the policy's dtype, LayerNorm in float32.
+    h = model.encoder.encode_items(ids[:, 0].reshape(-1, MC.max_tokens))
+    assert h.dtype == compute
+    block = model.encoder.child[0]
+    assert block._self_attention_layer._softmax.__class__.__name__ == "Float32Softmax"
+    assert block._self_attention_layer.compute_dtype == compute.name
+    assert model.encoder.token_embedding.embeddings.dtype == tf.float32  # master weights
+    loss, _ = model.compute_contrastive_loss({"token_ids": ids})
+    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+    assert np.isfinite(out["user_embedding"].numpy()).all()
+
+
+def test_output_dim_layer():
+    model = build_pretrainer(MC.replace(output_dim=12))
+    out = model({"token_ids": token_batch()})
+    assert out["user_embedding"].shape[-1] == 12
+
+
+def test_param_count_closed_form_matches_keras():
+    for mc in (MC, MC.replace(output_dim=12, child_layers=2)):
+        model = build_pretrainer(mc)
+        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == param_count(mc)
+
+
+def test_save_reload_equal_outputs(tmp_path):
+    model = build_pretrainer(MC)
+    ids = token_batch()
+    before = model({"token_ids": ids})
+    path = str(tmp_path / "m.keras")
+    save_keras_atomic(model, path)
+    assert os.listdir(tmp_path) == ["m.keras"]  # no temp file left behind
+    again = load_pretrainer(path)
+    after = again({"token_ids": ids})
+    for k in ("user_embedding", "projection"):
+        np.testing.assert_allclose(after[k], before[k], atol=1e-6)
+    np.testing.assert_allclose(float(again.logit_scale), 14.27, rtol=1e-6)
+
+
+def test_logit_scale_clipped_at_100():
+    model = build_pretrainer(MC)
+    model.log_logit_scale.assign(np.log(1000.0))
+    np.testing.assert_allclose(float(model.logit_scale), 100.0, rtol=1e-6)
+
+
+def test_token_id_beyond_vocabulary_is_a_clear_error():
+    model = build_pretrainer(MC)
+    ids = token_batch()
+    ids[0, 0, 0, 1] = MC.vocab_size + 5
+    with pytest.raises(Exception, match=r"indices|out of range|not in"):
+        model({"token_ids": ids})
