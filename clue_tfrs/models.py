@@ -1,0 +1,320 @@
+"""Downstream models (paper 4.1): U-MLP, T-UBM (BST-like), Hybrid and TopPop.
+
+Every trained model is a two-tower ``tfrs.models.Model`` whose logit is a dot
+product ``<query_tower(features), candidate_tower(features)>``; training uses
+``tfrs.tasks.Ranking`` with binary cross-entropy on logits (label 1 for the
+positive, 0 for sampled negatives, paper 4.2). Because the score factorises,
+the same towers give the ``uni100`` scores and the full-catalogue top-k
+retrieval (``tfrs.layers.factorized_top_k.BruteForce``).
+
+Feature dictionaries (B = batch, T = history length, C = catalogue size):
+
+* ``"user_features"``: float32 [B, dim_u], frozen pre-trained user vector
+  (U-MLP, Hybrid).
+* ``"item_features"``: float32 [B, dim_i], frozen item vector (U-MLP).
+* ``"history"``: int32 [B, T], item indices 1..C of the user's previous
+  interactions, right-aligned (most recent last), 0 = padding (T-UBM, Hybrid).
+* ``"item"``: int32 [B], the candidate's item index 1..C (T-UBM, Hybrid).
+
+This module is Keras 2 (``tf.keras`` = tf_keras); import it through the
+``clue_tfrs`` package, which makes sure of that.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+__all__ = ["DownstreamModel", "UMLP", "TransformerBlock", "SequenceModel", "TopPop"]
+
+Features = Dict[str, tf.Tensor]
+
+
+class DownstreamModel(tfrs.models.Model):
+    """Two-tower ranking model trained with BCE on sampled negatives.
+
+    Subclasses implement :meth:`query_tower` and :meth:`candidate_tower`;
+    ``call(features)`` returns the logits float32 [B, 1]. Datasets yield
+    ``(features, labels)`` with labels float32 [B, 1] in {0, 1}.
+    """
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name=name)
+        self.task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
+            loss_metrics=[tf.keras.metrics.Mean(name="bce")],
+        )
+
+    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        """float32 [B, D] query (user) vectors."""
+        raise NotImplementedError
+
+    def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        """float32 [B, D] candidate (item) vectors."""
+        raise NotImplementedError
+
+    def call(self, features: Features, training: bool = False) -> tf.Tensor:
+        query = self.query_tower(features, training=training)
+        candidate = self.candidate_tower(features, training=training)
+        return tf.reduce_sum(query * candidate, axis=-1, keepdims=True)
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features, labels = inputs
+        return self.task(labels=labels, predictions=self(features, training=training))
+
+
+class UMLP(DownstreamModel):
+    """U-MLP: one Dense projection per frozen feature, dot product.
+
+    logit(u, x) = <W_u f_u + b_u, W_x f_x + b_x> with f_u the pre-trained user
+    feature [dim_u] and f_x the item feature [dim_i], both projected to
+    ``width``. The features themselves are inputs, not weights: they stay
+    frozen.
+
+    Args:
+      width: common projection width (output size of both Dense layers).
+    """
+
+    def __init__(self, width: int = 64, name: Optional[str] = "u_mlp") -> None:
+        super().__init__(name=name)
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.width = width
+        self.user_projection = tf.keras.layers.Dense(width, name="user_projection")
+        self.item_projection = tf.keras.layers.Dense(width, name="item_projection")
+
+    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        return self.user_projection(features["user_features"])
+
+    def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        return self.item_projection(features["item_features"])
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name}
+
+
+@tf.keras.utils.register_keras_serializable(package="clue_tfrs")
+class TransformerBlock(tf.keras.layers.Layer):
+    """Post-LayerNorm transformer encoder block (as in BST / BERT).
+
+    in: x float32 [B, T, H], mask bool [B, T] (True = real item);
+    out: float32 [B, T, H]. Padded positions attend to nothing real but their
+    outputs are ignored by the caller's masked pooling.
+
+    Args:
+      hidden_size: H.
+      num_heads: A; H must be divisible by A.
+      intermediate_size: width of the feed-forward layer.
+      dropout: dropout rate on attention probabilities and residual branches.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float = 0.1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})"
+            )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.dropout = dropout
+
+    def build(self, input_shape) -> None:
+        self.attention = tf.keras.layers.MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=self.hidden_size // self.num_heads,
+            dropout=self.dropout,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.attention_norm = tf.keras.layers.LayerNormalization(
+            epsilon=1e-6, dtype="float32", name="attention_norm"
+        )
+        self.ffn_in = tf.keras.layers.Dense(
+            self.intermediate_size, activation="gelu", dtype=self.dtype_policy, name="ffn_in"
+        )
+        self.ffn_out = tf.keras.layers.Dense(
+            self.hidden_size, dtype=self.dtype_policy, name="ffn_out"
+        )
+        self.ffn_norm = tf.keras.layers.LayerNormalization(
+            epsilon=1e-6, dtype="float32", name="ffn_norm"
+        )
+        self.residual_dropout = tf.keras.layers.Dropout(self.dropout)
+        super().build(input_shape)
+
+    def call(self, x: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])  # [B, T, T]
+        attended = self.attention(x, x, attention_mask=attention_mask, training=training)
+        x = self.attention_norm(x + self.residual_dropout(attended, training=training))
+        ffn = self.ffn_out(self.ffn_in(x))
+        return self.ffn_norm(x + self.residual_dropout(ffn, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            dropout=self.dropout,
+        )
+        return config
+
+
+class SequenceModel(DownstreamModel):
+    """T-UBM (BST-like) and, with ``user_feature_dim``, the Hybrid model.
+
+    Query tower: learned item-id embeddings [H] of the history plus learned
+    position embeddings (position T-1 = most recent), LayerNorm, ``num_layers``
+    transformer blocks, masked mean (or last item) pooling -> [H]; the Hybrid
+    concatenates a Dense projection [H] of the frozen user feature; a final
+    Dense gives u [H]. Candidate tower: the *same* item-id embedding table
+    plus a learned per-item bias. The logit is <u, e_i> + b_i, expressed as
+    the dot product of [u, 1] and [e_i, b_i] so that it factorises.
+    Trained from scratch (paper: L=4, H=128, A=4).
+
+    Args:
+      num_items: C; item indices are 1..C, 0 is padding.
+      max_history: T.
+      hidden_size: H.
+      num_layers: L.
+      num_heads: A.
+      intermediate_size: feed-forward width (default 4 H).
+      dropout: dropout rate.
+      pooling: "mean" (masked mean over real items) or "last".
+      user_feature_dim: dim_u of the frozen user feature for the Hybrid, or
+        None for the pure T-UBM.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_history: int,
+        hidden_size: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        intermediate_size: Optional[int] = None,
+        dropout: float = 0.1,
+        pooling: str = "mean",
+        user_feature_dim: Optional[int] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name=name or ("hybrid" if user_feature_dim else "t_ubm"))
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if num_items < 1 or max_history < 1 or num_layers < 0:
+            raise ValueError(
+                "need num_items >= 1, max_history >= 1, num_layers >= 0; got "
+                f"{num_items}, {max_history}, {num_layers}"
+            )
+        self.num_items = num_items
+        self.max_history = max_history
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size or 4 * hidden_size
+        self.dropout = dropout
+        self.pooling = pooling
+        self.user_feature_dim = user_feature_dim
+
+        self.item_embedding = tf.keras.layers.Embedding(
+            num_items + 1, hidden_size, name="item_embedding"
+        )
+        self.item_bias = tf.keras.layers.Embedding(
+            num_items + 1, 1, embeddings_initializer="zeros", name="item_bias"
+        )
+        self.position_embedding = tf.keras.layers.Embedding(
+            max_history, hidden_size, name="position_embedding"
+        )
+        self.input_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
+        self.input_dropout = tf.keras.layers.Dropout(dropout)
+        self.blocks = [
+            TransformerBlock(hidden_size, num_heads, self.intermediate_size, dropout, name=f"block_{i}")
+            for i in range(num_layers)
+        ]
+        self.user_feature_projection = (
+            tf.keras.layers.Dense(hidden_size, name="user_feature_projection")
+            if user_feature_dim
+            else None
+        )
+        self.output_projection = tf.keras.layers.Dense(hidden_size, name="output_projection")
+
+    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        history = tf.cast(features["history"], tf.int32)  # [B, T]
+        mask = history > 0
+        positions = tf.range(tf.shape(history)[1])
+        x = self.item_embedding(history) + self.position_embedding(positions)[None]
+        x = self.input_dropout(self.input_norm(x), training=training)
+        for block in self.blocks:
+            x = block(x, mask, training=training)
+        if self.pooling == "mean":
+            weights = tf.cast(mask, x.dtype)[:, :, None]
+            pooled = tf.reduce_sum(x * weights, axis=1) / tf.maximum(
+                tf.reduce_sum(weights, axis=1), 1.0
+            )
+        else:  # right-aligned: the most recent item is the last column
+            pooled = x[:, -1, :]
+        if self.user_feature_projection is not None:
+            pooled = tf.concat(
+                [pooled, self.user_feature_projection(features["user_features"])], axis=-1
+            )
+        user = self.output_projection(pooled)
+        return tf.concat([user, tf.ones_like(user[:, :1])], axis=-1)  # [B, H + 1]
+
+    def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+        item = tf.cast(features["item"], tf.int32)
+        return tf.concat([self.item_embedding(item), self.item_bias(item)], axis=-1)
+
+    def get_config(self):
+        return {
+            "num_items": self.num_items,
+            "max_history": self.max_history,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "dropout": self.dropout,
+            "pooling": self.pooling,
+            "user_feature_dim": self.user_feature_dim,
+            "name": self.name,
+        }
+
+
+class TopPop:
+    """Popularity baseline: score(u, i) = number of train interactions with i.
+
+    Expressed as two towers like the trained models: query = [1] for every
+    user, candidate = [count_i], so score = count_i.
+    """
+
+    def __init__(self, num_items: int) -> None:
+        self.num_items = num_items
+        self.counts = np.zeros(num_items + 1, dtype=np.float32)
+
+    def fit(self, train_items: np.ndarray) -> "TopPop":
+        """Counts item indices (1..C) of the train split's interactions."""
+        items = np.asarray(train_items, dtype=np.int64)
+        if items.size and (items.min() < 1 or items.max() > self.num_items):
+            raise ValueError(f"item indices must be in [1, {self.num_items}]")
+        self.counts = np.bincount(items, minlength=self.num_items + 1).astype(np.float32)
+        return self
+
+    def query_embeddings(self, num_queries: int) -> np.ndarray:
+        """float32 [N, 1] of ones."""
+        return np.ones((num_queries, 1), dtype=np.float32)
+
+    def candidate_embeddings(self, items: np.ndarray) -> np.ndarray:
+        """float32 [len(items), 1] counts."""
+        return self.counts[np.asarray(items, dtype=np.int64)][:, None]
