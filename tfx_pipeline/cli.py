@@ -18,6 +18,9 @@ from typing import List, Optional
 COMMAND_MODULES = [
     "clue_keras.cli_synth",
     "clue_keras.cli_train",
+    "tfx_pipeline.cli_pipeline",
+    "clue_keras.cli_serve",
+    "clue_keras.prepare",
 ]
 
 

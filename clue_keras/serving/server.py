@@ -58,6 +58,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from concurrent import futures
 from typing import Dict, List, Optional, Tuple
 
@@ -149,7 +150,9 @@ def load_version(version: int, path: str) -> LoadedVersion:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
+    with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f, warnings.catch_warnings():
+        # The pure-Python protobuf only warns about some malformed input.
+        warnings.simplefilter("error", RuntimeWarning)
         saved_model.ParseFromString(f.read())
     meta_graphs = [m for m in saved_model.meta_graphs if "serve" in m.meta_info_def.tags]
     if not meta_graphs:

@@ -1,0 +1,485 @@
+"""A client for TF Serving's gRPC PredictionService, and CLUE user embedding.
+
+``CLUEClient`` talks to a real ``tensorflow_model_server`` or to
+``clue_keras.serving.server`` alike:
+
+* every request stays under gRPC's message limit (4 MB by default): the batch
+  dimension is split so that each serialized ``PredictRequest`` fits, and a
+  request the server still rejects with ``RESOURCE_EXHAUSTED`` (or whose
+  response is too big) is halved and sent again;
+* every call has a deadline (``timeout_s``), and ``UNAVAILABLE`` and
+  ``DEADLINE_EXCEEDED`` are retried with jittered exponential backoff, a
+  bounded number of times;
+* ``embed_users`` turns user histories into the dense ``[B, P, S]`` string
+  tensor of the ``serving_default`` signature (docs/ARCHITECTURE.md) and
+  reports a per-user error for a user the model rejects (``INVALID_ARGUMENT``,
+  found by bisecting the failing batch) while everybody else still gets an
+  embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Left free under the limit for what ByteSize cannot see (none today; cheap insurance).
+_MESSAGE_SLACK_BYTES = 256
+
+
+class ServingError(Exception):
+    """A failed call: the gRPC ``code``, the server's ``details``, and the rows
+    (indices into the batch given to ``predict``) it concerns, if known."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, rows: Optional[Sequence[int]] = None):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.rows = list(rows) if rows is not None else None
+
+
+def _as_tensor_array(value) -> np.ndarray:
+    """numpy array for ``tf.make_tensor_proto``: text becomes UTF-8 bytes objects."""
+    array = np.asarray(value)
+    if array.dtype.kind in ("U", "S", "O"):
+        flat = list(array.reshape(-1))
+        if not all(isinstance(v, (str, bytes)) for v in flat):
+            return array  # Not text: tf.make_tensor_proto decides.
+        flat = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        array = out.reshape(array.shape)
+    return array
+
+
+class CLUEClient:
+    """Client for one model on a TF Serving-compatible gRPC server.
+
+    Args:
+      address: ``host:port`` of the server.
+      model_name: ``ModelSpec.name``.
+      signature: default signature for ``predict``.
+      timeout_s: deadline of each RPC attempt, seconds.
+      max_message_bytes: largest request sent (the server's receive limit;
+        gRPC's default is 4 MiB).
+      max_batch: most rows per request, whatever their size (None: no cap).
+      version: pin a model version (None: the latest served).
+      max_attempts: attempts per request for ``UNAVAILABLE`` /
+        ``DEADLINE_EXCEEDED``, first one included.
+      initial_backoff_s, max_backoff_s: exponential backoff between attempts
+        (doubling, with up to 50% random extra).
+      max_response_bytes: largest response accepted.
+      channel: an existing ``grpc.Channel`` to use instead of opening one.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        model_name: str,
+        signature: str = "serving_default",
+        timeout_s: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch: Optional[int] = 256,
+        version: Optional[int] = None,
+        max_attempts: int = 5,
+        initial_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        channel: Optional[grpc.Channel] = None,
+    ):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        if max_message_bytes <= _MESSAGE_SLACK_BYTES:
+            raise ValueError(f"max_message_bytes must be > {_MESSAGE_SLACK_BYTES}, got {max_message_bytes}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        if max_attempts < 1 or timeout_s <= 0:
+            raise ValueError("need max_attempts >= 1 and timeout_s > 0")
+        self.address = address
+        self.model_name = model_name
+        self.signature = signature
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+        self.version = version
+        self.max_attempts = max_attempts
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_response_bytes),
+            ],
+        )
+        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._rng = random.Random()
+        self._metadata = None
+        self.last_model_version: Optional[int] = None  # Version that answered the last predict.
+
+    # -- plumbing --
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> "CLUEClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _model_spec(self, spec, signature: Optional[str] = None) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = self.version
+        if signature is not None:
+            spec.signature_name = signature
+
+    def _call(self, rpc, request):
+        """One RPC with deadline and retries; raises ``ServingError``."""
+        delay = self.initial_backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return rpc(request, timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                if code in RETRYABLE and attempt < self.max_attempts:
+                    pause = min(delay, self.max_backoff_s) * (1.0 + 0.5 * self._rng.random())
+                    log.warning(
+                        "%s from %s (attempt %d/%d); retrying in %.2f s: %s",
+                        code.name, self.address, attempt, self.max_attempts, pause, details,
+                    )
+                    time.sleep(pause)
+                    delay *= 2
+                    continue
+                if code in RETRYABLE:
+                    details = f"{details} (gave up after {attempt} attempts)"
+                raise ServingError(code, details) from None
+        raise AssertionError("unreachable")
+
+    # -- metadata and status --
+    def metadata(self, refresh: bool = False):
+        """The model's ``SignatureDefMap`` (``GetModelMetadata``), cached."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        if self._metadata is None or refresh:
+            request = get_model_metadata_pb2.GetModelMetadataRequest()
+            self._model_spec(request.model_spec)
+            request.metadata_field.append("signature_def")
+            response = self._call(self._predict_stub.GetModelMetadata, request)
+            signature_defs = get_model_metadata_pb2.SignatureDefMap()
+            if not response.metadata["signature_def"].Unpack(signature_defs):
+                raise ServingError(grpc.StatusCode.INTERNAL, "signature_def metadata is not a SignatureDefMap")
+            self._metadata = signature_defs
+        return self._metadata
+
+    def input_shape(self, input_name: str, signature: Optional[str] = None) -> Optional[List[Optional[int]]]:
+        """Dims of a signature input from the metadata (None = unknown dim);
+        None when the input or its shape is unknown."""
+        sig = self.metadata().signature_def.get(signature or self.signature)
+        if sig is None or input_name not in sig.inputs:
+            return None
+        shape = sig.inputs[input_name].tensor_shape
+        if shape.unknown_rank:
+            return None
+        return [None if d.size < 0 else int(d.size) for d in shape.dim]
+
+    def status(self) -> List[Tuple[int, str, str]]:
+        """``GetModelStatus`` as ``[(version, state name, error message)]``."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._model_spec(request.model_spec)
+        response = self._call(self._model_stub.GetModelStatus, request)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [
+            (s.version, state_name(s.state), s.status.error_message)
+            for s in response.model_version_status
+        ]
+
+    # -- predict --
+    def _request(self, inputs, rows: slice, unbatched, signature, output_filter):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, signature)
+        for name, value in inputs.items():
+            part = value if name in unbatched else value[rows]
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(part))
+        request.output_filter.extend(output_filter or ())
+        return request
+
+    def predict(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        signature: Optional[str] = None,
+        output_filter: Optional[Sequence[str]] = None,
+        unbatched: Iterable[str] = (),
+    ) -> Dict[str, np.ndarray]:
+        """Runs ``signature`` on ``inputs``, in as many requests as needed.
+
+        Args:
+          inputs: ``{input name: array}``; every input not in ``unbatched``
+            shares dimension 0 (the batch), which is split across requests.
+            Text may be ``str`` or ``bytes``.
+          signature: signature name (default: the client's).
+          output_filter: outputs to return (default: all).
+          unbatched: inputs sent whole with every request (e.g. a candidate
+            list or a scalar ``k``).
+
+        Returns:
+          ``{output name: array}``, chunks concatenated along dimension 0 in
+          input order.
+
+        Raises:
+          ServingError: the server refused a request (``rows`` = the batch
+            rows of the failing request) or one row alone exceeds
+            ``max_message_bytes`` (``RESOURCE_EXHAUSTED``).
+          ValueError: batched inputs disagree on dimension 0.
+        """
+        unbatched = set(unbatched)
+        arrays = {name: _as_tensor_array(v) for name, v in inputs.items()}
+        unknown = unbatched - set(arrays)
+        if unknown:
+            raise ValueError(f"unbatched names {sorted(unknown)} are not inputs")
+        sizes = {name: a.shape[0] for name, a in arrays.items() if name not in unbatched and a.ndim}
+        if not sizes:
+            raise ValueError("predict needs at least one batched input of rank >= 1")
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"batched inputs disagree on dimension 0: {sizes}")
+        n = next(iter(sizes.values()))
+        signature = signature or self.signature
+        step = self.max_batch or max(n, 1)
+        for _ in range(3):
+            parts: List[Tuple[int, Dict[str, np.ndarray]]] = []
+            for lo in range(0, n, step):
+                self._predict_range(arrays, lo, min(n, lo + step), unbatched, signature, output_filter, parts)
+            if not parts:  # n == 0: let the server say what it thinks of an empty batch.
+                self._predict_range(arrays, 0, 0, unbatched, signature, output_filter, parts)
+            versions = sorted({version for version, _ in parts})
+            if len(versions) == 1:
+                break
+            # A new version was swapped in between two chunks: do it again.
+            log.info("chunks answered by model versions %s; repeating the call", versions)
+        else:
+            raise ServingError(
+                grpc.StatusCode.ABORTED,
+                f"chunks kept being answered by different model versions {versions}; "
+                "pin a version (CLUEClient(version=...))",
+            )
+        self.last_model_version = versions[0]
+        if len(parts) == 1:
+            return parts[0][1]
+        return {
+            name: np.concatenate([p[name] for _, p in parts], axis=0) for name in parts[0][1]
+        }
+
+    def served_version(self) -> int:
+        """The version the server answers with now (pinned one if set)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._model_spec(request.model_spec)
+        request.metadata_field.append("signature_def")
+        return int(self._call(self._predict_stub.GetModelMetadata, request).model_spec.version.value)
+
+    def _predict_range(self, arrays, lo, hi, unbatched, signature, output_filter, parts) -> None:
+        import tensorflow as tf
+
+        budget = self.max_message_bytes - _MESSAGE_SLACK_BYTES
+        request = self._request(arrays, slice(lo, hi), unbatched, signature, output_filter)
+        size = request.ByteSize()
+        rows = hi - lo
+        if size > budget:
+            if rows <= 1:
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"row {lo} alone makes a {size}-byte request, over the "
+                    f"{self.max_message_bytes}-byte message limit",
+                    rows=[lo],
+                )
+            pieces = min(rows, max(2, math.ceil(size / budget)))
+            bounds = np.linspace(lo, hi, pieces + 1).round().astype(int)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b > a:
+                    self._predict_range(arrays, int(a), int(b), unbatched, signature, output_filter, parts)
+            return
+        try:
+            response = self._call(self._predict_stub.Predict, request)
+        except ServingError as e:
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and rows > 1:
+                mid = (lo + hi) // 2  # Server limit below ours, or response too big.
+                self._predict_range(arrays, lo, mid, unbatched, signature, output_filter, parts)
+                self._predict_range(arrays, mid, hi, unbatched, signature, output_filter, parts)
+                return
+            raise ServingError(e.code, e.details, rows=range(lo, hi)) from None
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        parts.append((int(response.model_spec.version.value), outputs))
+
+    # -- CLUE users --
+    def resolve_layout(
+        self, services: Optional[Sequence[str]], max_items: Optional[int], input_name: str = "item_texts"
+    ) -> Tuple[List[str], int]:
+        """Services (P, in model order) and S for ``embed_users``.
+
+        ``services`` must be given (the metadata carries only P); ``max_items``
+        defaults to the S of the signature's ``[B, P, S]`` input. Both are
+        checked against the metadata when it has them.
+        """
+        shape = None
+        try:
+            shape = self.input_shape(input_name)
+        except ServingError as e:
+            if max_items is None:
+                raise
+            log.warning("no model metadata (%s); using the given layout", e)
+        if services is None:
+            raise ValueError(
+                "embed_users needs the model's service list in order "
+                "(clue_vocab.json['services']); pass services=[...]"
+            )
+        services = list(services)
+        if shape is not None:
+            if len(shape) != 3:
+                raise ValueError(f"signature input {input_name!r} has shape {shape}, expected [B, P, S]")
+            if shape[1] is not None and shape[1] != len(services):
+                raise ValueError(f"model expects P={shape[1]} services, got {len(services)}: {services}")
+            if max_items is None:
+                max_items = shape[2]
+            elif shape[2] is not None and shape[2] != max_items:
+                raise ValueError(f"model expects S={shape[2]} items per service, got max_items={max_items}")
+        if max_items is None or max_items < 1:
+            raise ValueError("max_items (S) is unknown: pass max_items=...")
+        return services, int(max_items)
+
+    @staticmethod
+    def user_texts(user: Mapping, services: Sequence[str], max_items: int) -> np.ndarray:
+        """One user's ``[P, S]`` object array of UTF-8 bytes, "" = padding.
+
+        ``user["items"]`` maps service -> texts, oldest first; the newest
+        ``max_items`` non-blank texts of each service are kept, left-aligned.
+        Raises ValueError for unknown services or non-text items.
+        """
+        items = user.get("items")
+        if not isinstance(items, Mapping):
+            raise ValueError(f"'items' must be an object of service -> list of texts, got {type(items).__name__}")
+        unknown = sorted(set(items) - set(services))
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; the model knows {list(services)}")
+        out = np.full((len(services), max_items), b"", dtype=object)
+        for p, service in enumerate(services):
+            texts = items.get(service) or []
+            if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+                raise ValueError(f"items[{service!r}] must be a list of texts")
+            kept = []
+            for j, text in enumerate(texts):
+                if isinstance(text, str):
+                    text = text.encode("utf-8")
+                elif not isinstance(text, bytes):
+                    raise ValueError(f"items[{service!r}][{j}] is {type(text).__name__}, not text")
+                if text.strip():
+                    kept.append(text)
+            kept = kept[-max_items:]
+            out[p, : len(kept)] = kept
+        return out
+
+    def embed_users(
+        self,
+        users: Sequence[Mapping],
+        services: Optional[Sequence[str]] = None,
+        max_items: Optional[int] = None,
+        batch_size: int = 64,
+        input_name: str = "item_texts",
+        output: str = "embedding",
+    ) -> Tuple[np.ndarray, Dict[str, str]]:
+        """Embeds users with the client's signature.
+
+        Args:
+          users: ``{"user_id": str, "items": {service: [text, ...]}}`` each,
+            texts oldest first.
+          services: the model's services in order (``clue_vocab.json``).
+          max_items: S; default from the model metadata.
+          batch_size: users per ``predict`` call (which may split further).
+          input_name, output: signature input ``[B, P, S]`` string and output
+            ``[B, E]`` float names.
+
+        Returns:
+          ``(embeddings, errors)``: float32 ``[len(users), E]`` in input
+          order, NaN rows for failed users (``[len(users), 0]`` if none
+          succeeded), and ``{user_id: message}`` for the failed ones.
+
+        Raises:
+          ServingError: for errors that concern the whole model rather than a
+            user (unknown model or signature, ...).
+          ValueError: a user without ``user_id``, or a bad layout.
+        """
+        results, row_errors = self.embed_users_indexed(
+            users, services, max_items, batch_size, input_name, output
+        )
+        errors = {str(users[i]["user_id"]): message for i, message in row_errors.items()}
+        if not results:
+            return np.full((len(users), 0), np.nan, dtype=np.float32), errors
+        dim = next(iter(results.values())).shape[-1]
+        embeddings = np.full((len(users), dim), np.nan, dtype=np.float32)
+        for i, vector in results.items():
+            embeddings[i] = vector
+        return embeddings, errors
+
+    def embed_users_indexed(
+        self,
+        users: Sequence[Mapping],
+        services: Optional[Sequence[str]] = None,
+        max_items: Optional[int] = None,
+        batch_size: int = 64,
+        input_name: str = "item_texts",
+        output: str = "embedding",
+    ) -> Tuple[Dict[int, np.ndarray], Dict[int, str]]:
+        """``embed_users`` keyed by position in ``users``: ``({row: float32
+        [E] vector}, {row: error message})``; every row is in exactly one."""
+        services, max_items = self.resolve_layout(services, max_items, input_name)
+        errors: Dict[int, str] = {}
+        texts = np.full((len(users), len(services), max_items), b"", dtype=object)
+        valid: List[int] = []
+        for i, user in enumerate(users):
+            if not isinstance(user, Mapping) or "user_id" not in user:
+                raise ValueError(f"users[{i}] has no 'user_id'")
+            try:
+                texts[i] = self.user_texts(user, services, max_items)
+                valid.append(i)
+            except ValueError as e:
+                errors[i] = f"invalid user: {e}"
+        results: Dict[int, np.ndarray] = {}
+        for start in range(0, len(valid), batch_size):
+            self._embed_rows(valid[start : start + batch_size], texts, input_name, output, results, errors)
+        return results, errors
+
+    def _embed_rows(self, rows, texts, input_name, output, results, errors) -> None:
+        try:
+            out = self.predict({input_name: texts[rows]}, output_filter=[output])[output]
+        except ServingError as e:
+            per_user = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            if e.code in per_user and len(rows) > 1:
+                mid = len(rows) // 2  # Find the user(s) the model (or the size limit) rejects.
+                self._embed_rows(rows[:mid], texts, input_name, output, results, errors)
+                self._embed_rows(rows[mid:], texts, input_name, output, results, errors)
+                return
+            if e.code in per_user or e.code in RETRYABLE:
+                for i in rows:  # This user, or a batch the server could not be reached for.
+                    errors[i] = f"{e.code.name}: {e.details}"
+                return
+            raise
+        for i, vector in zip(rows, np.asarray(out, dtype=np.float32)):
+            results[i] = vector
