@@ -101,6 +101,10 @@ class CLUEEncoder(keras.Model):
     def embedding_dim(self) -> int:
         return self.output_dim or self.hidden_dim
 
+    def input_shape_for_build(self):
+        """[B, P, S, L] with B and P free: what build() records for SavedModel tracing."""
+        return (None, None, self.max_items, self.max_tokens)
+
     def build(self, input_shape=None):
         d = self.hidden_dim
         self.token_embedding.build((None, self.max_tokens))
@@ -118,7 +122,7 @@ class CLUEEncoder(keras.Model):
         return {"built": True}
 
     def build_from_config(self, config):
-        self.build(None)
+        self.build(self.input_shape_for_build())
 
     def encode_items(self, token_ids, training=False):
         """Item vectors h_i (eq. 1).
@@ -137,7 +141,7 @@ class CLUEEncoder(keras.Model):
 
     def call(self, inputs, training=False):
         token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
-        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        token_ids = ops.cast(token_ids, "int32")
         shape = ops.shape(token_ids)
         b, p, s, l = shape[0], shape[1], shape[2], shape[3]
         flat = ops.reshape(token_ids, (-1, l))                      # [B*P*S, L]

@@ -24,6 +24,7 @@ The directory is written under a temporary name and renamed into place, with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from clue_keras.encoder import CLUEEncoder
 from clue_keras.pretrainer import CLUEPretrainer
 
 SIGNATURES = ("serving_default", "embed_tokens", "embed_items", "retrieve")
+VOCAB_FILES = ("vocab.json", "merges.txt", "clue_vocab.json")
+MODEL_CONFIG_ASSET = "clue_model.json"
 
 
 def _l2(x, axis=-1):
@@ -54,7 +57,10 @@ class CLUEServingModule(tf.Module):
         self.num_services = len(info.services)
         self.max_items, self.max_tokens = info.max_items, info.max_tokens
         self.item_token = int(info.special_tokens["<item>"])
-        self.vocab_asset = tf.saved_model.Asset(os.path.join(vocab_dir, "clue_vocab.json"))
+        # The vocabulary travels with the model: assets/{vocab.json, merges.txt,
+        # clue_vocab.json}, so <export>/assets is itself a vocab directory.
+        self.vocab_assets = [tf.saved_model.Asset(os.path.join(vocab_dir, name))
+                             for name in VOCAB_FILES]
         p, s, l = self.num_services, self.max_items, self.max_tokens
 
         self.serving_default = tf.function(
@@ -124,6 +130,8 @@ def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str
     try:
         tf.saved_model.save(module, tmp, signatures={
             name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
+        with open(os.path.join(tmp, "assets", MODEL_CONFIG_ASSET), "w") as f:
+            json.dump(encoder.get_config(), f, indent=2, sort_keys=True)
         if os.path.isdir(export_dir):
             os.rmdir(export_dir)
         os.replace(tmp, export_dir)
@@ -131,3 +139,20 @@ def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return export_dir
+
+
+def encoder_from_export(export_dir: str, seed: int = 0) -> CLUEEncoder:
+    """A NEW, randomly initialised encoder with the exported one's architecture.
+
+    This is the "untrained encoder" baseline of the evaluation: same preset,
+    same vocabulary (``<export_dir>/assets``), no pre-training.
+    """
+    import keras
+
+    with open(os.path.join(export_dir, "assets", MODEL_CONFIG_ASSET)) as f:
+        config = json.load(f)
+    keras.utils.set_random_seed(seed)
+    config.pop("name", None)
+    encoder = CLUEEncoder.from_config(config)
+    encoder.build(encoder.input_shape_for_build())
+    return encoder

@@ -45,7 +45,7 @@ class CLUEPretrainer(keras.Model):
 
     def build(self, input_shape=None):
         if not self.encoder.built:
-            self.encoder.build(None)
+            self.encoder.build(self.encoder.input_shape_for_build())
         self.proj_hidden.build((None, self.encoder.embedding_dim))
         self.proj_out.build((None, self.encoder.embedding_dim))
         self.log_logit_scale = self.add_weight(
@@ -59,7 +59,7 @@ class CLUEPretrainer(keras.Model):
         return {"built": True}
 
     def build_from_config(self, config):
-        self.build(None)
+        self.build(self.encoder.input_shape_for_build())
 
     @property
     def logit_scale(self):

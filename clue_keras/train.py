@@ -73,7 +73,7 @@ def build_pretrainer(mc: ModelConfig, policy: str = "float32") -> CLUEPretrainer
     model = CLUEPretrainer(encoder, projection_dim=mc.projection_dim,
                            logit_scale_init=mc.logit_scale_init,
                            logit_scale_max=mc.logit_scale_max, dtype=policy)
-    model.build(None)
+    model.build(encoder.input_shape_for_build())
     return model
 
 

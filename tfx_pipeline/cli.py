@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tfx_pipeline.cli_pipeline",
     "clue_keras.cli_serve",
     "clue_keras.prepare",
+    "clue_tfrs.cli_evaluate",
 ]
 
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TFRS (evaluation) needs tf.keras to be Keras 2; CLUE code uses `import keras`
+    # (Keras 3) and is unaffected. Must be set before TensorFlow is imported.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

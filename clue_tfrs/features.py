@@ -1,0 +1,79 @@
+"""Frozen CLUE features for the downstream models, read from a serving SavedModel.
+
+User features come from the ``serving_default`` signature (the same path TF
+Serving answers): each user's pre-training behaviour logs, cleaned exactly as
+in training (normalise, drop repeats, newest S per service), as a dense
+[B, P, S] string tensor. Item features come from ``embed_items``.
+The SavedModel is self-describing: ``<model>/assets/clue_vocab.json`` gives the
+service order P and S.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+
+from clue_keras.records import clean_behaviors
+
+
+def read_layout(model_dir: str) -> Tuple[List[str], int]:
+    """(services in P order, S) from the SavedModel's ``assets/clue_vocab.json``."""
+    path = os.path.join(model_dir, "assets", "clue_vocab.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a CLUE SavedModel") from None
+    return list(info["services"]), int(info["max_items"])
+
+
+def user_text_tensor(behaviors: pd.DataFrame, services: Sequence[str], max_items: int
+                     ) -> Tuple[List[str], np.ndarray]:
+    """Users' cleaned histories as object [N, P, S] strings ("" = padding).
+
+    Rows of services the model was not trained on are ignored. Returns the user
+    ids in sorted order and the array.
+    """
+    index = {s: i for i, s in enumerate(services)}
+    known = behaviors[behaviors["service"].isin(index)]
+    user_ids = sorted(known["user_id"].astype(str).unique())
+    out = np.full((len(user_ids), len(services), max_items), "", dtype=object)
+    row_of = {u: i for i, u in enumerate(user_ids)}
+    for uid, group in known.groupby(known["user_id"].astype(str), sort=False):
+        cleaned = clean_behaviors(
+            zip(group["service"], group["timestamp"], group["item_text"].fillna("")), max_items)
+        for service, texts in cleaned.items.items():
+            out[row_of[uid], index[service], : len(texts)] = texts
+    return user_ids, out
+
+
+def _batched(fn, array: np.ndarray, batch: int) -> np.ndarray:
+    parts = [fn(tf.constant(array[i:i + batch].tolist(), tf.string))
+             for i in range(0, len(array), batch)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0,), np.float32)
+
+
+def user_features(model_dir: str, behaviors: pd.DataFrame, batch: int = 256
+                  ) -> Dict[str, np.ndarray]:
+    """user_id -> float32 [P*D] L2-normalised CLUE embedding (serving_default)."""
+    services, max_items = read_layout(model_dir)
+    user_ids, texts = user_text_tensor(behaviors, services, max_items)
+    fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    emb = _batched(lambda x: fn(item_texts=x)["embedding"].numpy(), texts, batch)
+    return {u: emb[i] for i, u in enumerate(user_ids)}
+
+
+def item_features(model_dir: str, catalogue: pd.DataFrame, batch: int = 1024
+                  ) -> Dict[str, np.ndarray]:
+    """item_id -> float32 [hidden] L2-normalised item-text embedding (embed_items)."""
+    fn = tf.saved_model.load(model_dir).signatures["embed_items"]
+    texts = catalogue["item_text"].fillna("").astype(str).to_numpy(dtype=object)
+    emb = _batched(lambda x: fn(item_texts=x)["item_embedding"].numpy(), texts, batch)
+    return {str(i): emb[k] for k, i in enumerate(catalogue["item_id"].astype(str))}
