@@ -163,6 +163,7 @@ def train(
     precision: str = "auto",
     eval_steps: int = 10,
     printer=print,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Trains (or resumes) CLUE on per-user TFRecords; returns the result summary.
 
@@ -211,6 +212,9 @@ def train(
         ckpt.restore(manager.latest_checkpoint).expect_partial()
         resumed = int(model.optimizer.iterations.numpy())
         printer(f"resumed from {manager.latest_checkpoint} at step {resumed}")
+        # The shuffled stream is deterministic per seed: skip what was consumed so a
+        # resumed run sees exactly the batches an uninterrupted run would.
+        ds = ds.skip(resumed)
     steps_per_epoch = max(1, min(tc.checkpoint_every or tc.train_steps, tc.train_steps))
     epochs = math.ceil(tc.train_steps / steps_per_epoch)
     progress = _Progress(tc.log_every, tc.train_steps, printer)
@@ -226,9 +230,13 @@ def train(
             initial_epoch=resumed // steps_per_epoch, verbose=0,
             callbacks=[_NonFinite(), progress, _CheckpointEvery(manager, tc.checkpoint_every),
                        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
-                                                   update_freq=tc.log_every)],
+                                                   update_freq=tc.log_every), *callbacks],
         )
     final_loss = progress.history[-1]["loss"] if progress.history else float("nan")
+    previous = os.path.join(model_dir, "train_result.json")
+    if not progress.history and os.path.exists(previous):  # already finished earlier
+        with open(previous) as f:
+            final_loss = json.load(f).get("final_loss", final_loss)
     eval_loss = None
     if eval_files:
         eval_ds = make_dataset(eval_files, vocab_info, tc.batch_size, shuffle=False,
