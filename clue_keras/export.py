@@ -101,13 +101,12 @@ class CLUEServingModule(tf.Module):
 
     def _retrieve(self, item_texts, candidate_texts, k):
         user = self._users(self.tokenizer.tokenize_users(item_texts))["embedding"]   # [B, E]
-        ids = self._item_ids(candidate_texts)                                        # [C, L]
-        c = tf.shape(ids)[0]
-        # Candidate c as a user whose only item is c, in every service slot: [C, P, S, L].
-        one = tf.concat([ids[:, None, :], tf.zeros([c, self.max_items - 1, self.max_tokens],
-                                                   tf.int32)], axis=1)
-        hist = tf.tile(one[:, None], [1, self.num_services, 1, 1])
-        cand = self._users(hist)["embedding"]                                        # [C, E]
+        c = tf.shape(candidate_texts)[0]
+        # Candidate c as a user whose only item is c, in every service: [C, P, S] texts.
+        first = tf.tile(candidate_texts[:, None, None], [1, self.num_services, 1])
+        pad = tf.fill([c, self.num_services, self.max_items - 1], "")
+        hist = tf.concat([first, pad], axis=2)
+        cand = self._users(self.tokenizer.tokenize_users(hist))["embedding"]        # [C, E]
         scores = tf.matmul(user, cand, transpose_b=True)
         top = tf.math.top_k(scores, k=tf.minimum(k, c))
         return {"scores": top.values, "indices": tf.cast(top.indices, tf.int32)}

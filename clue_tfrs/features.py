@@ -21,6 +21,7 @@ import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from clue_keras.records import clean_behaviors
+from clue_keras.tokenizer import register_text_ops
 
 
 def read_layout(model_dir: str) -> Tuple[List[str], int]:
@@ -54,6 +55,11 @@ def user_text_tensor(behaviors: pd.DataFrame, services: Sequence[str], max_items
     return user_ids, out
 
 
+def _load(model_dir: str):
+    register_text_ops()  # the serving graph tokenises with RegexSplitWithOffsets
+    return tf.saved_model.load(model_dir)
+
+
 def _batched(fn, array: np.ndarray, batch: int) -> np.ndarray:
     parts = [fn(tf.constant(array[i:i + batch].tolist(), tf.string))
              for i in range(0, len(array), batch)]
@@ -65,7 +71,7 @@ def user_features(model_dir: str, behaviors: pd.DataFrame, batch: int = 256
     """user_id -> float32 [P*D] L2-normalised CLUE embedding (serving_default)."""
     services, max_items = read_layout(model_dir)
     user_ids, texts = user_text_tensor(behaviors, services, max_items)
-    fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    fn = _load(model_dir).signatures["serving_default"]
     emb = _batched(lambda x: fn(item_texts=x)["embedding"].numpy(), texts, batch)
     return {u: emb[i] for i, u in enumerate(user_ids)}
 
@@ -73,7 +79,7 @@ def user_features(model_dir: str, behaviors: pd.DataFrame, batch: int = 256
 def item_features(model_dir: str, catalogue: pd.DataFrame, batch: int = 1024
                   ) -> Dict[str, np.ndarray]:
     """item_id -> float32 [hidden] L2-normalised item-text embedding (embed_items)."""
-    fn = tf.saved_model.load(model_dir).signatures["embed_items"]
+    fn = _load(model_dir).signatures["embed_items"]
     texts = catalogue["item_text"].fillna("").astype(str).to_numpy(dtype=object)
     emb = _batched(lambda x: fn(item_texts=x)["item_embedding"].numpy(), texts, batch)
     return {str(i): emb[k] for k, i in enumerate(catalogue["item_id"].astype(str))}

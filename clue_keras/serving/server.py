@@ -64,6 +64,8 @@ from typing import Dict, List, Optional, Tuple
 
 import grpc
 
+from clue_keras.tokenizer import register_text_ops
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -161,6 +163,7 @@ def load_version(version: int, path: str) -> LoadedVersion:
     for key, sig in meta_graphs[0].signature_def.items():
         signature_defs.signature_def[key].CopyFrom(sig)
 
+    register_text_ops()  # CLUE graphs tokenise with TF Text's RegexSplitWithOffsets
     module = tf.saved_model.load(path, tags=["serve"])
     signatures = dict(module.signatures)
     input_specs = {}
