@@ -1,0 +1,1 @@
+"""FileBasedExampleGen executor for JSON Lines files (one JSON object per line)."""

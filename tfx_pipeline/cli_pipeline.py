@@ -1,0 +1,150 @@
+"""`clue run` (LocalDagRunner + SQLite MLMD) and `clue compile --kubeflow`.
+
+Beam options: ``--beam-arg`` may be repeated; each value is one Beam
+pipeline option. Without any, Beam components use the DirectRunner in
+multi-processing mode on every core. Examples::
+
+  clue run --beam-arg=--direct_num_workers=2
+  clue run --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=host:8081 \\
+           --beam-arg=--environment_type=LOOPBACK
+  clue compile --kubeflow --image gcr.io/P/clue:1 --pipeline-root gs://B/root \\
+      --data gs://B/data/behaviors --out clue.json \\
+      --beam-arg=--runner=DataflowRunner --beam-arg=--project=P \\
+      --beam-arg=--region=R --beam-arg=--temp_location=gs://B/tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_ROOT = "clue_runs"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="model preset (see `clue presets`)")
+    p.add_argument("--train-steps", type=int, default=200, help="Trainer optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch (users per step)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="checkpoint interval in steps (0: only at the end)")
+    p.add_argument("--min-items", type=int, default=2,
+                   help="activity threshold: drop users with fewer distinct items")
+    p.add_argument("--eval-percent", type=int, default=10)
+    p.add_argument("--test-percent", type=int, default=10)
+    p.add_argument("--beam-arg", action="append", default=None, metavar="OPTION",
+                   help="a Beam pipeline option, e.g. --beam-arg=--direct_num_workers=2 "
+                        "(repeatable; replaces the multi-processing DirectRunner default)")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse cached outputs")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run the TFX pipeline locally (LocalDagRunner, SQLite MLMD)",
+        description="Runs ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> "
+                    "BehaviorPreprocess -> Trainer (-> Evaluator -> Pusher) and prints a "
+                    "summary read back from MLMD. A repeated identical run reuses cached "
+                    "outputs.")
+    p.add_argument("--data", help="behaviour-log directory (a `clue synth` output or a folder "
+                                  "of csv/jsonl/parquet/tfrecord files); synthetic data is "
+                                  "generated into ROOT/data when omitted")
+    p.add_argument("--root", default=DEFAULT_ROOT,
+                   help="run directory: pipeline outputs, metadata.db, data (default %(default)s)")
+    p.add_argument("--serving-dir", help="Pusher destination (default ROOT/serving)")
+    p.add_argument("--users", type=int, default=600, help="synthetic users when --data is omitted")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    _add_common(p)
+    p.set_defaults(func=_run)
+
+    c = sub.add_parser(
+        "compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI",
+        description="Writes a KFP v2 pipeline spec (JSON) whose components all run in IMAGE.")
+    c.add_argument("--kubeflow", action="store_true", required=True,
+                   help="target Kubeflow Pipelines v2 (the only target for now)")
+    c.add_argument("--image", required=True, help="container image with this package installed")
+    c.add_argument("--pipeline-root", required=True, help="artifact root URI, e.g. gs://B/root")
+    c.add_argument("--data", help="behaviour-log URI (default PIPELINE_ROOT/data/behaviors)")
+    c.add_argument("--format", default="csv", choices=["csv", "jsonl", "parquet", "tfrecord"],
+                   help="format of the files under --data")
+    c.add_argument("--file-pattern", default=None,
+                   help="glob of the files under --data (default *.FORMAT)")
+    c.add_argument("--serving-dir", help="Pusher destination (default PIPELINE_ROOT/serving)")
+    c.add_argument("--pipeline-name", default="clue")
+    c.add_argument("--out", required=True, help="output JSON file")
+    _add_common(c)
+    c.set_defaults(func=_compile)
+
+
+def _beam_args(args):
+    from tfx_pipeline.config import DEFAULT_BEAM_ARGS
+
+    return tuple(args.beam_arg) if args.beam_arg else DEFAULT_BEAM_ARGS
+
+
+def _synthetic_data(root: str, users: int, seed: int) -> str:
+    """Generates synthetic logs into ROOT/data unless the same ones are already there
+    (regenerating would change file times and so defeat the pipeline cache)."""
+    from clue_keras import synth
+
+    data = os.path.join(root, "data")
+    manifest = os.path.join(data, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            m = json.load(f)
+        if m.get("users") == users and m.get("seed") == seed and m.get("format") == "csv":
+            print(f"using the synthetic data already in {data}")
+            return data
+    print(f"generating synthetic behaviour logs for {users} users into {data}")
+    synth.generate(data, users=users, seed=seed, fmt="csv")
+    return data
+
+
+def _run(args) -> int:
+    from tfx_pipeline import local_runner
+    from tfx_pipeline.config import PipelineConfig, detect_format
+
+    root = os.path.abspath(args.root)
+    data = os.path.abspath(args.data) if args.data else _synthetic_data(root, args.users, args.seed)
+    input_dir, fmt, pattern = detect_format(data)
+    config = PipelineConfig(
+        pipeline_root=os.path.join(root, "pipeline"),
+        data_root=input_dir, data_format=fmt, file_pattern=pattern,
+        serving_model_dir=os.path.abspath(args.serving_dir or os.path.join(root, "serving")),
+        metadata_path=os.path.join(root, "metadata", "metadata.db"),
+        preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
+        checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
+        eval_percent=args.eval_percent, test_percent=args.test_percent,
+        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache)
+    print(f"running pipeline {config.pipeline_name!r}: {fmt} files {pattern} in {input_dir}, "
+          f"outputs under {config.pipeline_root}")
+    summary = local_runner.run(config)
+    print(summary.format())
+    if summary.cached:
+        print(f"{summary.cached} of {len(summary.executions)} components reused cached "
+              "outputs from an earlier identical run")
+    return 0
+
+
+def _compile(args) -> int:
+    from tfx_pipeline.config import FORMAT_EXTENSIONS, PipelineConfig
+    from tfx_pipeline.kubeflow_runner import compile_pipeline
+
+    root = args.pipeline_root.rstrip("/")
+    config = PipelineConfig(
+        pipeline_name=args.pipeline_name, pipeline_root=root,
+        data_root=args.data or f"{root}/data/behaviors", data_format=args.format,
+        file_pattern=args.file_pattern or (
+            "*" if args.format == "tfrecord" else "*" + FORMAT_EXTENSIONS[args.format][0]),
+        serving_model_dir=args.serving_dir or f"{root}/serving",
+        preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
+        checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
+        eval_percent=args.eval_percent, test_percent=args.test_percent,
+        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache)
+    try:
+        path = compile_pipeline(config, args.image, args.out)
+    except ImportError as e:
+        print(f"clue compile: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote the Kubeflow v2 pipeline spec to {path}")
+    return 0

@@ -1,0 +1,149 @@
+"""`PipelineConfig`: everything `create_pipeline` needs, as one typed value.
+
+Runners fill in paths and runner options; the data and model knobs have
+defaults that match the ``tiny`` preset so a local run finishes in minutes.
+Nothing here imports TFX, so the CLI can build a config cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Optional, Tuple
+
+#: Input formats the pipeline's ExampleGen understands, by file extension.
+FORMAT_EXTENSIONS = {
+    "csv": (".csv",),
+    "jsonl": (".jsonl", ".json"),
+    "parquet": (".parquet",),
+    "tfrecord": (".tfrecord", ".tfrecord.gz", ".gz"),
+}
+
+#: Beam options used when the caller gives none: the DirectRunner in
+#: multi-processing mode with one worker per CPU core (0 = auto).
+DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=0",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Configuration of the CLUE TFX pipeline.
+
+    Paths may be local or any filesystem TFX understands (``gs://`` ...).
+
+    Attributes:
+      pipeline_name: TFX pipeline name (MLMD context, KFP pipeline name).
+      pipeline_root: where every component writes its output artifacts.
+      data_root: directory of behaviour-log files (``user_id, service,
+        timestamp, item_text``); every file matching ``file_pattern`` is read.
+      data_format: one of ``csv``, ``jsonl``, ``parquet``, ``tfrecord``
+        (gzipped or plain tf.Example records).
+      serving_model_dir: Pusher destination; TF Serving's model base path.
+      metadata_path: SQLite MLMD file for local runs; None on Kubeflow (the
+        orchestrator supplies the store).
+      preset: name of a `clue_keras.config.PRESETS` entry; fixes S
+        (``max_items``), L (``max_tokens``) and the BPE vocabulary size.
+      train_steps: optimizer steps of the Trainer.
+      batch_size: global batch (users per step, all replicas together).
+      checkpoint_every: checkpoint interval in steps (``train_steps`` must be a
+        multiple of it; 0 = once at the end).
+      precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+      min_items_per_user: activity threshold: users with fewer distinct items
+        (after dedup and truncation, over all services) are dropped.
+      min_services_per_user: users active in fewer services are dropped.
+      eval_percent, test_percent: share of users (by a hash of ``user_id``)
+        put in the eval and test splits; the rest train.
+      bpe_sample_size: at most this many train-split item texts are sampled
+        to train the byte-level BPE.
+      num_shards: output shards per split; 0 lets the Beam runner decide.
+      beam_pipeline_args: Beam options for every Beam-powered component
+        (ExampleGen, StatisticsGen, BehaviorPreprocess ...). The default is the
+        DirectRunner in multi-processing mode; pass e.g. ``--runner=FlinkRunner
+        --flink_master=HOST:8081`` or ``--runner=DataflowRunner --project=P
+        --region=R --temp_location=gs://...`` to scale out with the same code.
+      enable_cache: reuse outputs of executions whose inputs and properties are
+        unchanged (MLMD-based caching).
+    """
+
+    pipeline_root: str
+    data_root: str
+    serving_model_dir: str
+    pipeline_name: str = "clue"
+    data_format: str = "csv"
+    file_pattern: str = "*"
+    metadata_path: Optional[str] = None
+    preset: str = "tiny"
+    train_steps: int = 200
+    batch_size: int = 32
+    checkpoint_every: int = 0
+    precision: str = "auto"
+    min_items_per_user: int = 2
+    min_services_per_user: int = 1
+    eval_percent: int = 10
+    test_percent: int = 10
+    bpe_sample_size: int = 200_000
+    num_shards: int = 0
+    beam_pipeline_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
+    enable_cache: bool = True
+
+    def __post_init__(self):
+        if self.data_format not in FORMAT_EXTENSIONS:
+            raise ValueError(f"data_format {self.data_format!r} is not one of "
+                             f"{sorted(FORMAT_EXTENSIONS)}")
+        if not (0 <= self.eval_percent and 0 <= self.test_percent
+                and self.eval_percent + self.test_percent < 100):
+            raise ValueError(f"eval_percent={self.eval_percent} and test_percent="
+                             f"{self.test_percent} must be >= 0 and sum to < 100")
+        for name in ("train_steps", "batch_size", "min_items_per_user",
+                     "min_services_per_user", "bpe_sample_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every and self.train_steps % self.checkpoint_every:
+            raise ValueError(f"train_steps ({self.train_steps}) must be a multiple of "
+                             f"checkpoint_every ({self.checkpoint_every})")
+        # Tuples keep the dataclass hashable and immutable when given lists.
+        object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
+
+    def replace(self, **kw) -> "PipelineConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def detect_format(data_root: str) -> Tuple[str, str, str]:
+    """Finds the behaviour files under ``data_root`` and their format.
+
+    Accepts either the directory holding the files or a `clue synth` output
+    directory (whose ``behaviors/`` sub-directory holds them).
+
+    Returns:
+      ``(input_dir, format, file_pattern)``, the pattern like ``*.csv``.
+
+    Raises:
+      FileNotFoundError: no file with a known extension, naming the directory.
+      ValueError: files of more than one format, naming them.
+    """
+    input_dir = data_root
+    if os.path.isdir(os.path.join(data_root, "behaviors")):
+        input_dir = os.path.join(data_root, "behaviors")
+    found, suffixes = {}, set()
+    for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
+        if not os.path.isfile(path) or os.path.basename(path).startswith("."):
+            continue
+        for fmt, exts in FORMAT_EXTENSIONS.items():
+            ext = next((e for e in exts if path.endswith(e)), None)
+            if ext:
+                found.setdefault(fmt, []).append(path)
+                suffixes.add(ext)
+                break
+    if not found:
+        raise FileNotFoundError(
+            f"no behaviour files (*.csv, *.jsonl, *.parquet, *.tfrecord[.gz]) in {input_dir}")
+    if len(found) > 1:
+        raise ValueError(f"{input_dir} mixes formats: " + "; ".join(
+            f"{fmt}: {', '.join(os.path.basename(p) for p in paths)}"
+            for fmt, paths in sorted(found.items())))
+    fmt = next(iter(found))
+    pattern = "*" + suffixes.pop() if len(suffixes) == 1 else "*"
+    return input_dir, fmt, pattern

@@ -1,0 +1,183 @@
+"""Run the pipeline with LocalDagRunner and SQLite MLMD; summarise the run from MLMD.
+
+Thin: paths and runner options come in through `PipelineConfig`; the
+definition is `tfx_pipeline.pipeline.create_pipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from tfx_pipeline.config import PipelineConfig
+
+#: Name of the MLMD context type of one LocalDagRunner run.
+_RUN_CONTEXT_TYPE = "pipeline_run"
+_NODE_CONTEXT_TYPE = "node"
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What one run did, read back from MLMD and the output artifacts.
+
+    Attributes:
+      run_id: the MLMD ``pipeline_run`` context name.
+      executions: ``{component id: state}``, state one of ``COMPLETE``,
+        ``CACHED``, ``FAILED``, ... for every component that ran in this run.
+      cached: number of this run's executions that reused cached outputs.
+      preprocess_stats: BehaviorPreprocess counts (``rows_read``,
+        ``users_train`` ...) from its output artifact's custom properties.
+      train_result: ``train_result.json`` of the Trainer (``final_loss``,
+        ``steps``, ``num_params`` ...), or {} when the Trainer did not run.
+      model_uri: the Trainer's Model artifact (serving SavedModel under
+        ``Format-Serving``).
+      blessed: True / False when an evaluator ran, None when the pipeline has
+        no evaluator (then nothing is pushed).
+      pushed_to: the pushed model version's directory, or None.
+    """
+
+    run_id: str
+    executions: Dict[str, str]
+    cached: int
+    preprocess_stats: Dict[str, Any]
+    train_result: Dict[str, Any]
+    model_uri: Optional[str]
+    blessed: Optional[bool]
+    pushed_to: Optional[str]
+
+    def format(self) -> str:
+        """A few human-readable lines."""
+        s = self.preprocess_stats
+        lines = [f"run {self.run_id}: {len(self.executions)} executions, "
+                 f"{self.cached} reused from cache"]
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.executions.items()))
+        if s:
+            lines.append(f"  rows read {s.get('rows_read')}, users read {s.get('users_read')}, "
+                         f"kept train/eval/test {s.get('users_train')}/{s.get('users_eval')}/"
+                         f"{s.get('users_test')}, services {s.get('services')}")
+        if self.train_result:
+            t = self.train_result
+            lines.append(f"  model: {t.get('num_params'):,} parameters, {t.get('steps')} steps, "
+                         f"final training loss {t.get('final_loss'):.4f}"
+                         + (f", held-out loss {t['eval_loss']:.4f}"
+                            if t.get("eval_loss") is not None else "")
+                         + f" ({self.model_uri})")
+        if self.blessed is None:
+            lines.append("  not pushed: the pipeline has no evaluator yet, so no blessing")
+        elif not self.blessed:
+            lines.append("  not pushed: the evaluator did not bless the model")
+        else:
+            lines.append(f"  blessed; pushed to {self.pushed_to}")
+        return "\n".join(lines)
+
+
+def _store(metadata_path: str):
+    import ml_metadata as mlmd
+    from tfx.orchestration import metadata
+
+    return mlmd.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+
+
+def _node_ids(store, pipeline_name: str) -> Dict[int, str]:
+    """execution id -> component id, through the ``node`` contexts."""
+    out = {}
+    prefix = pipeline_name + "."
+    for ctx in store.get_contexts_by_type(_NODE_CONTEXT_TYPE):
+        if not ctx.name.startswith(prefix):
+            continue
+        for ex in store.get_executions_by_context(ctx.id):
+            out[ex.id] = ctx.name[len(prefix):]
+    return out
+
+
+def _outputs(store, execution_id: int) -> Dict[str, List[Any]]:
+    """Output artifacts of an execution, by output key."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    events = store.get_events_by_execution_ids([execution_id])
+    ids = [e.artifact_id for e in events
+           if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    arts = {a.id: a for a in store.get_artifacts_by_id(ids)}
+    out: Dict[str, List[Any]] = {}
+    for e in events:
+        if e.artifact_id in arts and e.type in (metadata_store_pb2.Event.OUTPUT,
+                                                 metadata_store_pb2.Event.DECLARED_OUTPUT):
+            key = e.path.steps[0].key if e.path.steps else ""
+            out.setdefault(key, []).append(arts[e.artifact_id])
+    return out
+
+
+def _custom(artifact) -> Dict[str, Any]:
+    out = {}
+    for k, v in artifact.custom_properties.items():
+        kind = v.WhichOneof("value")
+        out[k] = getattr(v, kind) if kind in ("int_value", "double_value", "string_value") else None
+    return out
+
+
+def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
+    """Summarises the newest run of ``pipeline_name`` recorded in ``metadata_path``."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx_pipeline import pipeline as p
+
+    store = _store(metadata_path)
+    runs = [c for c in store.get_contexts_by_type(_RUN_CONTEXT_TYPE)]
+    if not runs:
+        raise RuntimeError(f"no pipeline run recorded in {metadata_path}")
+    node_of = _node_ids(store, pipeline_name)
+    runs = [c for c in runs if any(ex.id in node_of for ex in store.get_executions_by_context(c.id))]
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.id)
+    state_name = metadata_store_pb2.Execution.State.Name
+    states = {node_of.get(ex.id, str(ex.id)): state_name(ex.last_known_state)
+              for ex in executions}
+    cached = sum(ex.last_known_state == metadata_store_pb2.Execution.CACHED for ex in executions)
+    by_node = {node_of.get(ex.id): ex for ex in executions}
+
+    stats: Dict[str, Any] = {}
+    if p.BEHAVIOR_PREPROCESS in by_node:
+        arts = _outputs(store, by_node[p.BEHAVIOR_PREPROCESS].id).get("user_examples", [])
+        if arts:
+            stats = _custom(arts[0])
+    train_result: Dict[str, Any] = {}
+    model_uri = None
+    if p.TRAINER in by_node:
+        outs = _outputs(store, by_node[p.TRAINER].id)
+        if outs.get("model"):
+            model_uri = outs["model"][0].uri
+        if outs.get("model_run"):
+            path = os.path.join(outs["model_run"][0].uri, "train_result.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    train_result = json.load(f)
+                train_result.pop("history", None)
+    blessed = pushed_to = None
+    if p.EVALUATOR in by_node:
+        blessing = _outputs(store, by_node[p.EVALUATOR].id).get("blessing", [])
+        blessed = bool(blessing and _custom(blessing[0]).get("blessed"))
+    if p.PUSHER in by_node:
+        pushed = _outputs(store, by_node[p.PUSHER].id).get("pushed_model", [])
+        if pushed and _custom(pushed[0]).get("pushed"):
+            pushed_to = _custom(pushed[0]).get("pushed_destination")
+    return RunSummary(run_id=run.name, executions=states, cached=int(cached),
+                      preprocess_stats=stats, train_result=train_result,
+                      model_uri=model_uri, blessed=blessed, pushed_to=pushed_to)
+
+
+def run(config: PipelineConfig) -> RunSummary:
+    """Runs ``create_pipeline(config)`` with LocalDagRunner; returns the run's summary.
+
+    Raises whatever a failing component raised (e.g. BehaviorPreprocess's
+    `InputValidationError`); components after it do not run.
+    """
+    if not config.metadata_path:
+        raise ValueError("a local run needs config.metadata_path (the SQLite MLMD file)")
+    from tfx import v1 as tfx
+
+    from tfx_pipeline.pipeline import create_pipeline
+
+    os.makedirs(os.path.dirname(os.path.abspath(config.metadata_path)), exist_ok=True)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    return summarize(config.metadata_path, config.pipeline_name)
