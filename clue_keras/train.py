@@ -104,14 +104,21 @@ class _CheckpointEvery(keras.callbacks.Callback):
 
 
 class _Progress(keras.callbacks.Callback):
-    """One line every ``every`` steps: step, loss, logit scale, non-padding tokens/s."""
+    """One line every ``every`` steps: step, loss, logit scale, non-padding tokens/s.
+
+    Keras metrics are running means over the epoch; the loss printed (and kept in
+    ``history``) is the mean over the steps since the previous line, recovered from
+    the running means.
+    """
 
     def __init__(self, every: int, total: int, printer=print):
         super().__init__()
         self.every, self.total, self.printer = every, total, printer
         self.history: List[dict] = []
         self._t0 = None
-        self._tokens = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._seen, self._loss_sum, self._tokens = 0, 0.0, 0.0  # metrics reset every epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._t0 is None:
@@ -123,18 +130,18 @@ class _Progress(keras.callbacks.Callback):
         if step % self.every and step != self.total:
             return
         now = time.perf_counter()
-        tokens = float(logs.get("tokens", 0.0))  # cumulative since the epoch start
+        n = batch + 1                                   # steps so far in this epoch
+        loss_sum = float(logs.get("loss", float("nan"))) * n
+        tokens = float(logs.get("tokens", 0.0))         # Sum metric: cumulative this epoch
+        window = max(n - self._seen, 1)
         dt = max(now - self._t0, 1e-9)
-        rec = {"step": step, "loss": float(logs.get("loss", float("nan"))),
+        rec = {"step": step, "loss": (loss_sum - self._loss_sum) / window,
                "logit_scale": float(logs.get("logit_scale", float("nan"))),
                "tokens_per_s": (tokens - self._tokens) / dt}
-        self._tokens, self._t0 = tokens, now
+        self._seen, self._loss_sum, self._tokens, self._t0 = n, loss_sum, tokens, now
         self.history.append(rec)
         self.printer(f"step {step:>6}/{self.total}  loss {rec['loss']:.4f}  "
                      f"logit_scale {rec['logit_scale']:.2f}  tokens/s {rec['tokens_per_s']:,.0f}")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._tokens = 0.0  # Sum metrics reset every epoch
 
 
 class _NonFinite(keras.callbacks.Callback):
@@ -243,8 +250,11 @@ def train(
                                repeat=False)
         eval_ds = eval_ds.map(lambda x: {"token_ids": x["token_ids"]}).take(eval_steps)
         metrics = model.evaluate(eval_ds, verbose=0, return_dict=True)
-        eval_loss = float(metrics["loss"])
-        printer(f"held-out contrastive loss {eval_loss:.4f}")
+        if "loss" in metrics:
+            eval_loss = float(metrics["loss"])
+            printer(f"held-out contrastive loss {eval_loss:.4f}")
+        else:  # fewer held-out users than one global batch (batches drop the remainder)
+            printer(f"held-out loss skipped: fewer eval users than one batch of {tc.batch_size}")
     save_keras_atomic(model, os.path.join(model_dir, "pretrainer.keras"))
     result = TrainResult(final_loss=final_loss, steps=int(model.optimizer.iterations.numpy()),
                          num_params=num_params, precision=policy, replicas=replicas,

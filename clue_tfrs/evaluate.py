@@ -87,10 +87,12 @@ class EvalConfig:
     """
 
     fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
-    train_negatives: int = 4  # sampled negatives per training positive
+    train_negatives: int = 16  # sampled negatives per training positive
     batch_size: int = 256
     learning_rate: float = 1e-3
     umlp_width: int = 64
+    umlp_item_bias: bool = True  # learned per-item scalar (popularity), see models.UMLP
+    umlp_learning_rate: float = 1e-2  # U-MLP is two linear maps: a larger step than the transformers'
     max_history: int = 20  # T
     min_history: int = 1
     seq_hidden_size: int = 128  # H
@@ -299,6 +301,7 @@ def _train(
     epochs: int,
     cfg: EvalConfig,
     seed: int,
+    learning_rate: Optional[float] = None,
 ) -> Dict[str, List[float]]:
     """Fits ``model`` for ``epochs`` with fresh negatives each epoch.
 
@@ -307,7 +310,7 @@ def _train(
     """
     rng = np.random.default_rng(seed)
     val_rng_seed = seed + 1
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate or cfg.learning_rate))
     history: Dict[str, List[float]] = {"loss": [], "auc": [], "val_loss": []}
     for _ in range(epochs):
         ds = _pair_dataset(
@@ -465,11 +468,13 @@ def evaluate_task(
     for k, (name, (user_matrix, item_matrix)) in enumerate(matrices.items()):
         column = umlp_column(name)
         tf.keras.utils.set_random_seed(seed + 100 + k)
-        model = models_lib.UMLP(width=cfg.umlp_width)
+        model = models_lib.UMLP(width=cfg.umlp_width, num_items=num_items,
+                                item_bias=cfg.umlp_item_bias)
         mk = lambda ex: _Inputs(ex, user_matrix, user_row, item_matrix)  # noqa: E731
         train_in, val_in, test_in = mk(train_ex), mk(val_ex), mk(test_ex)
         training[column] = _train(
-            model, train_in, train_ex, val_in, val_ex, positives, num_items, epochs, cfg, seed
+            model, train_in, train_ex, val_in, val_ex, positives, num_items, epochs, cfg, seed,
+            learning_rate=cfg.umlp_learning_rate,
         )
         queries = _embed(test_in.query, model.query_tower, len(test_ex))
         candidates = _embed(test_in.candidate, model.candidate_tower, num_items + 1)

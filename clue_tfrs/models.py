@@ -70,33 +70,55 @@ class DownstreamModel(tfrs.models.Model):
 
 
 class UMLP(DownstreamModel):
-    """U-MLP: one Dense projection per frozen feature, dot product.
+    """U-MLP: one Dense projection per frozen feature, dot product (+ item bias).
 
-    logit(u, x) = <W_u f_u + b_u, W_x f_x + b_x> with f_u the pre-trained user
-    feature [dim_u] and f_x the item feature [dim_i], both projected to
-    ``width``. The features themselves are inputs, not weights: they stay
-    frozen.
+    logit(u, x) = <W_u f_u + b_u, W_x f_x + b_x> + beta_x with f_u the
+    pre-trained user feature [dim_u] and f_x the item feature [dim_i], both
+    projected to ``width``. The features themselves are inputs, not weights:
+    they stay frozen. ``beta_x`` is an optional learned per-item scalar (the
+    item-id bias every production ranking model has): it lets the model learn
+    popularity, which item *text* does not carry, so that the comparison with
+    TopPop measures what the user features add beyond popularity. It is
+    appended to the towers as one extra dimension ([.., 1] for users,
+    [.., beta_x] for items) so scoring stays a dot product.
 
     Args:
       width: common projection width (output size of both Dense layers).
+      num_items: catalogue size (item indices 1..num_items, 0 = padding);
+        required when ``item_bias``.
+      item_bias: add the per-item bias.
     """
 
-    def __init__(self, width: int = 64, name: Optional[str] = "u_mlp") -> None:
+    def __init__(self, width: int = 64, num_items: Optional[int] = None,
+                 item_bias: bool = False, name: Optional[str] = "u_mlp") -> None:
         super().__init__(name=name)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
+        if item_bias and not num_items:
+            raise ValueError("item_bias needs num_items")
         self.width = width
+        self.num_items = num_items
+        self.item_bias = item_bias
         self.user_projection = tf.keras.layers.Dense(width, name="user_projection")
         self.item_projection = tf.keras.layers.Dense(width, name="item_projection")
+        self.bias = (tf.keras.layers.Embedding(num_items + 1, 1, embeddings_initializer="zeros",
+                                               name="item_bias") if item_bias else None)
 
     def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
-        return self.user_projection(features["user_features"])
+        q = self.user_projection(features["user_features"])
+        if self.bias is None:
+            return q
+        return tf.concat([q, tf.ones_like(q[:, :1])], axis=-1)
 
     def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:
-        return self.item_projection(features["item_features"])
+        c = self.item_projection(features["item_features"])
+        if self.bias is None:
+            return c
+        return tf.concat([c, self.bias(features["item"])], axis=-1)
 
     def get_config(self):
-        return {"width": self.width, "name": self.name}
+        return {"width": self.width, "num_items": self.num_items,
+                "item_bias": self.item_bias, "name": self.name}
 
 
 @tf.keras.utils.register_keras_serializable(package="clue_tfrs")
