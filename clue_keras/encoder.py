@@ -142,6 +142,12 @@ class CLUEEncoder(keras.Model):
     def call(self, inputs, training=False):
         token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
         token_ids = ops.cast(token_ids, "int32")
+        # A clear error instead of a gather failure deep inside (or, on GPU, silent zeros).
+        tf.debugging.assert_less(
+            token_ids, self.vocabulary_size,
+            message=f"token id >= vocabulary_size ({self.vocabulary_size}): the records were "
+                    "tokenised with a different vocabulary than this model's")
+        tf.debugging.assert_non_negative(token_ids, message="negative token id")
         shape = ops.shape(token_ids)
         b, p, s, l = shape[0], shape[1], shape[2], shape[3]
         flat = ops.reshape(token_ids, (-1, l))                      # [B*P*S, L]

@@ -9,11 +9,14 @@ pipeline is re-shuffled on resume rather than replayed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import List, Optional, Sequence, Union
 
@@ -155,6 +158,23 @@ class _NonFinite(keras.callbacks.Callback):
             )
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _count_params(model: keras.Model) -> int:
     return int(sum(np.prod(v.shape) for v in model.weights if v.trainable))
 
@@ -232,13 +252,25 @@ def train(
         if tc.train_steps % steps_per_epoch:
             raise ValueError(f"train_steps ({tc.train_steps}) must be a multiple of "
                              f"checkpoint_every ({steps_per_epoch})")
-        model.fit(
-            ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-            initial_epoch=resumed // steps_per_epoch, verbose=0,
-            callbacks=[_NonFinite(), progress, _CheckpointEvery(manager, tc.checkpoint_every),
-                       keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
-                                                   update_freq=tc.log_every), *callbacks],
-        )
+        try:
+            with _sigterm_as_interrupt():
+                model.fit(
+                    ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                    initial_epoch=resumed // steps_per_epoch, verbose=0,
+                    callbacks=[_NonFinite(), progress,
+                               _CheckpointEvery(manager, tc.checkpoint_every),
+                               keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
+                                                           update_freq=tc.log_every),
+                               *callbacks],
+                )
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (e.g. a pre-empted pod): keep what was trained. A crash
+            # or a non-finite loss saves nothing; the run resumes from the last periodic
+            # checkpoint.
+            step = int(model.optimizer.iterations.numpy())
+            manager.save(checkpoint_number=step)
+            printer(f"interrupted at step {step}; checkpoint saved, re-run to resume")
+            raise
     final_loss = progress.history[-1]["loss"] if progress.history else float("nan")
     previous = os.path.join(model_dir, "train_result.json")
     if not progress.history and os.path.exists(previous):  # already finished earlier

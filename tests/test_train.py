@@ -67,14 +67,18 @@ def test_short_training_learns_cross_service_identity(records, tmp_path):
     assert saved["steps"] == 150 and saved["model_config"]["hidden_dim"] == MC.hidden_dim
 
 
+class _SimulatedCrash(RuntimeError):
+    pass
+
+
 class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
+    def __init__(self, at, exc=_SimulatedCrash):
         super().__init__()
-        self.at = at
+        self.at, self.exc = at, exc
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == self.at:
-            raise KeyboardInterrupt("simulated kill")
+            raise self.exc("simulated kill")
 
 
 def test_killed_run_resumes_from_checkpoint_exactly(records, tmp_path):
@@ -83,7 +87,7 @@ def test_killed_run_resumes_from_checkpoint_exactly(records, tmp_path):
     clean = train(_files(records, "train"), vocab, MC, tc, str(tmp_path / "clean"),
                   precision="float32", printer=lambda *_: None)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(_SimulatedCrash):  # a crash: nothing saved beyond the periodic ckpt
         train(_files(records, "train"), vocab, MC, tc, str(tmp_path / "killed"),
               precision="float32", printer=lambda *_: None, callbacks=[_Crash(25)])
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "killed" / "checkpoints"))
@@ -100,6 +104,17 @@ def test_killed_run_resumes_from_checkpoint_exactly(records, tmp_path):
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wb, wa, atol=1e-5)
     np.testing.assert_allclose(resumed.final_loss, clean.final_loss, rtol=1e-4)
+
+
+def test_interrupt_saves_a_checkpoint_at_the_current_step(records, tmp_path):
+    tc = TrainConfig(batch_size=32, train_steps=40, checkpoint_every=20, log_every=10)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(_files(records, "train"), os.path.join(records, "vocab"), MC, tc,
+              str(tmp_path / "m"), precision="float32", printer=lines.append,
+              callbacks=[_Crash(7, KeyboardInterrupt)])
+    assert tf.train.latest_checkpoint(str(tmp_path / "m" / "checkpoints")).endswith("ckpt-7")
+    assert any("interrupted at step 7" in line for line in lines)
 
 
 def test_two_cpu_replicas_train(records, tmp_path):
