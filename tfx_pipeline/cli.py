@@ -21,7 +21,9 @@ COMMAND_MODULES = [
     "tfx_pipeline.cli_pipeline",
     "clue_keras.cli_serve",
     "clue_keras.prepare",
-    "clue_tfrs.cli_evaluate",
+    "tfx_pipeline.cli_evaluate",
+    "clue_keras.cli_scale",
+    "clue_keras.cli_batch",
 ]
 
 
