@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
     b.add_argument("--json", help="also write the figures to this JSON file")
     _add_model_args(b)
     b.set_defaults(func=_bench_train)
+    from clue_keras.bench_serve import add_bench_parser as add_bench_serve_parser
+    add_bench_serve_parser(bsub)  # `clue bench serve`
+    from clue_keras.bench_preprocess import add_bench_parser as add_bench_preprocess_parser
+    add_bench_preprocess_parser(bsub)  # `clue bench preprocess`
 
 
 def _presets(args) -> int:

@@ -1,8 +1,9 @@
 """The TFX pipeline end to end (LocalDagRunner, SQLite MLMD) and its Kubeflow compile.
 
 Slow tests run the real components on tiny synthetic data (tiny preset, 20
-steps); Beam runs in-memory with one worker here to spare the 2-core CI box
-(production default: multi-processing DirectRunner on every core).
+steps, a one-epoch downstream evaluation without the sequence models); Beam
+runs in-memory with one worker here to spare the 2-core CI box (production
+default: multi-processing DirectRunner on every core).
 """
 
 import glob
@@ -10,19 +11,22 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from clue_keras.config import get_preset
 from tfx_pipeline import cli
 from tfx_pipeline import local_runner
 from tfx_pipeline import pipeline as pl
 from tfx_pipeline.config import PipelineConfig
 
 BEAM_IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-#: Components of the pipeline today. EVALUATOR SLOT: add pl.EVALUATOR and
-#: pl.PUSHER here once `pipeline._make_evaluator` returns a component.
+#: Components of the pipeline, in order.
 COMPONENTS = [pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR,
-              pl.BEHAVIOR_PREPROCESS, pl.TRAINER]
+              pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER]
+#: Fast evaluation settings for the e2e runs.
+FAST_EVAL = ["--eval-epochs", "1", "--no-sequence-models"]
 
 
 def _store(metadata_path):
@@ -37,15 +41,35 @@ def _count_records(pattern):
                for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"))
 
 
+def _serve_pushed(version_dir):
+    """Loads a pushed SavedModel as TF Serving would and embeds 3 users: [3, P*D]."""
+    from clue_keras.tokenizer import register_text_ops
+
+    register_text_ops()
+    with open(os.path.join(version_dir, "assets", "clue_vocab.json")) as f:
+        layout = json.load(f)
+    services, max_items = layout["services"], layout["max_items"]
+    texts = np.full((3, len(services), max_items), "", dtype=object)
+    texts[0, 0, :2] = ["Galaxy S24 Ultra 256GB", "best running shoes"]
+    texts[1, :, 0] = "how to bake bread"
+    texts[2, -1, :3] = ["서울 날씨", "LG OLED TV", "Champions League final"]
+    model = tf.saved_model.load(version_dir)
+    out = model.signatures["serving_default"](item_texts=tf.constant(texts.astype(str)))
+    return services, out["embedding"].numpy()
+
+
 @pytest.mark.slow
-def test_clue_run_trains_then_a_rerun_is_fully_cached(tmp_path, capsys):
+def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys):
+    """Blessed run pushes a servable model; an identical rerun is fully cached; a run
+    with an unreachable margin re-evaluates only, is not blessed and pushes nothing."""
     root = tmp_path / "runs"
-    argv = ["run", "--root", str(root), "--users", "120", "--preset", "tiny",
-            "--train-steps", "20", "--batch-size", "16"]
+    argv = ["run", "--root", str(root), "--users", "150", "--preset", "tiny",
+            "--train-steps", "20", "--batch-size", "16", *FAST_EVAL]
     argv += [f"--beam-arg={a}" for a in BEAM_IN_MEMORY]
+    lenient = ["--margin-over-toppop=-1", "--margin-over-untrained=-1"]
     metadata_path = str(root / "metadata" / "metadata.db")
 
-    assert cli.main(argv) == 0
+    assert cli.main(argv + lenient) == 0
     out = capsys.readouterr().out
     summary = local_runner.summarize(metadata_path, "clue")
     assert summary.executions == {c: "COMPLETE" for c in COMPONENTS}
@@ -76,13 +100,33 @@ def test_clue_run_trains_then_a_rerun_is_fully_cached(tmp_path, capsys):
     assert os.path.exists(os.path.join(summary.model_uri, "Format-Serving", "saved_model.pb"))
     assert f"{t['num_params']:,} parameters" in out
 
-    # No evaluator yet -> no blessing -> nothing pushed.
-    assert summary.blessed is None and summary.pushed_to is None
-    assert not (root / "serving").exists()
-    assert "not pushed" in out
+    # Evaluator: the table in its artifact, MRR per model in MLMD, a lenient gate passed.
+    with open(os.path.join(summary.evaluation_uri, "results.json")) as f:
+        table = json.load(f)
+    assert table["columns"] == ["TopPop", "U-MLP (CLUE)", "U-MLP (Untrained)"]
+    # (the SQLite MLMD store keeps 6 significant digits of a double property)
+    assert summary.mrr == pytest.approx({c: v["MRR"] for c, v in table["values"].items()},
+                                        rel=1e-5)
+    assert summary.blessed is True
+    assert "margin -1.0000" in summary.blessing_reason
+    assert summary.evaluation_table.splitlines()[0].startswith("| Metric | TopPop |")
+    assert "| MRR |" in out and "BLESSED:" in out
+
+    # Pusher: one version under the serving dir, servable and giving unit-norm embeddings.
+    serving = root / "serving"
+    versions = os.listdir(serving)
+    assert len(versions) == 1 and versions[0].isdigit()
+    assert summary.pushed_to == str(serving / versions[0])
+    assert f"pushed to {summary.pushed_to}" in out
+    assert f"clue serve --model-base-path {serving} --model-name clue" in out
+    assert "clue embed --server 127.0.0.1:8500 --model clue" in out
+    services, emb = _serve_pushed(summary.pushed_to)
+    assert emb.shape == (3, len(services) * get_preset("tiny").embedding_dim)
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
 
     # Second identical run: every component reuses its cached outputs.
-    assert cli.main(argv) == 0
+    assert cli.main(argv + lenient) == 0
     out = capsys.readouterr().out
     again = local_runner.summarize(metadata_path, "clue")
     assert again.run_id != summary.run_id
@@ -90,8 +134,24 @@ def test_clue_run_trains_then_a_rerun_is_fully_cached(tmp_path, capsys):
     assert len(store.get_executions()) == 2 * len(COMPONENTS)
     assert len(store.get_artifacts()) == artifacts
     assert again.preprocess_stats == summary.preprocess_stats
+    assert again.blessed is True and again.pushed_to == summary.pushed_to
     assert "using the synthetic data already" in out
     assert f"{len(COMPONENTS)} of {len(COMPONENTS)} components reused cached outputs" in out
+    assert os.listdir(serving) == versions
+
+    # An unreachable margin: only Evaluator and Pusher run again; nothing is pushed.
+    assert cli.main(argv + ["--margin-over-toppop=10"]) == 0
+    out = capsys.readouterr().out
+    strict = local_runner.summarize(metadata_path, "clue")
+    assert strict.executions == {c: ("COMPLETE" if c in (pl.EVALUATOR, pl.PUSHER) else "CACHED")
+                                 for c in COMPONENTS}
+    assert strict.blessed is False and strict.pushed_to is None
+    assert "margin 10.0000" in strict.blessing_reason
+    blessing_dir = os.path.dirname(os.path.dirname(strict.evaluation_uri))
+    assert glob.glob(f"{blessing_dir}/blessing/*/NOT_BLESSED")
+    assert "NOT BLESSED, so not pushed: U-MLP (CLUE) MRR" in out and "margin 10.0000" in out
+    assert "clue serve" not in out
+    assert os.listdir(serving) == versions  # still only the blessed version
 
 
 BAD_INPUTS = {
@@ -182,16 +242,46 @@ def test_example_gen_reads_each_format(tmp_path, fmt):
     assert got[2].features.feature["user_id"].bytes_list.value == [b"u2"]
 
 
-def test_create_pipeline_is_pure_and_has_no_pusher_without_an_evaluator(tmp_path):
-    config = PipelineConfig(pipeline_root=str(tmp_path / "p"), data_root=str(tmp_path / "d"),
+def test_create_pipeline_is_pure_and_gates_the_pusher_on_the_evaluator(tmp_path):
+    config = PipelineConfig(pipeline_root=str(tmp_path / "p"),
+                            data_root=str(tmp_path / "d" / "behaviors"),
                             serving_model_dir=str(tmp_path / "s"),
-                            metadata_path=str(tmp_path / "m.db"))
+                            metadata_path=str(tmp_path / "m.db"),
+                            eval_epochs=2, margin_over_untrained=None)
     p = pl.create_pipeline(config)
     assert [c.id for c in p.components] == COMPONENTS
     assert not os.listdir(tmp_path)  # building the definition touches no file
-    trainer = next(c for c in p.components if c.id == pl.TRAINER)
-    assert trainer.exec_properties["custom_config"] is not None
+    nodes = {c.id: c for c in p.components}
+    assert nodes[pl.TRAINER].exec_properties["custom_config"] is not None
     assert p.beam_pipeline_args == list(config.beam_pipeline_args)
+
+    evaluator, pusher = nodes[pl.EVALUATOR], nodes[pl.PUSHER]
+    props = evaluator.exec_properties
+    assert props["task_dir"] == str(tmp_path / "d" / "downstream" / "movies")
+    assert props["data_dir"] == str(tmp_path / "d")
+    assert (props["epochs"], props["sequence_models"]) == (2, 1)
+    assert props["margin_over_toppop"] == 0.0 and props["margin_over_untrained"] is None
+    assert evaluator.inputs["model"].producer_component_id == pl.TRAINER
+    assert pusher.inputs["model_blessing"].producer_component_id == pl.EVALUATOR
+    assert pusher.inputs["model_blessing"].output_key == "blessing"
+    assert str(tmp_path / "s") in pusher.exec_properties["push_destination"]
+
+    # Evaluation off: train only, and no Pusher (nothing is ever pushed unblessed).
+    p = pl.create_pipeline(config.replace(evaluate=False, eval_task_dir="/x"))
+    assert [c.id for c in p.components] == COMPONENTS[:-2]
+
+
+def test_evaluation_paths_follow_the_synth_layout(tmp_path):
+    base = dict(pipeline_root="p", serving_model_dir="s")
+    c = PipelineConfig(data_root="/data/behaviors/", **base)
+    assert (c.evaluation_task_dir, c.evaluation_data_dir) == (
+        "/data/downstream/movies", "/data")
+    c = PipelineConfig(data_root="gs://b/data", eval_task="books", **base)
+    assert c.evaluation_task_dir == "gs://b/data/downstream/books"
+    c = c.replace(eval_task_dir="/t", eval_data_dir="/u")
+    assert (c.evaluation_task_dir, c.evaluation_data_dir) == ("/t", "/u")
+    with pytest.raises(ValueError, match="eval_epochs must be >= 1, got 0"):
+        PipelineConfig(data_root="/d", eval_epochs=0, **base)
 
 
 def test_clue_compile_writes_a_kfp_v2_spec_naming_every_component_and_the_image(tmp_path):

@@ -37,15 +37,57 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="a Beam pipeline option, e.g. --beam-arg=--direct_num_workers=2 "
                         "(repeatable; replaces the multi-processing DirectRunner default)")
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached outputs")
+    e = p.add_argument_group(
+        "evaluation and push",
+        "The Evaluator trains the downstream models on one task and blesses the model when "
+        "U-MLP on CLUE features beats TopPop and the untrained encoder on MRR by the margins; "
+        "only a blessed model is pushed.")
+    e.add_argument("--task", default="movies",
+                   help="downstream task, read from DATA/downstream/TASK (default %(default)s)")
+    e.add_argument("--task-dir", help="explicit downstream task directory (overrides --task)")
+    e.add_argument("--eval-data", help="behaviour logs for the evaluation's user features "
+                                       "(default: the --data directory)")
+    e.add_argument("--eval-epochs", type=int, default=3, help="epochs per downstream model")
+    e.add_argument("--eval-seed", type=int, default=0)
+    e.add_argument("--margin-over-toppop", type=_margin, default=0.0, metavar="MRR|none",
+                   help="required MRR lead over TopPop; 'none' skips (default %(default)s)")
+    e.add_argument("--margin-over-untrained", type=_margin, default=0.0, metavar="MRR|none",
+                   help="required MRR lead over the untrained encoder; 'none' skips "
+                        "(default %(default)s)")
+    e.add_argument("--no-sequence-models", action="store_true",
+                   help="skip T-UBM (BST) and Hybrid in the evaluation (faster)")
+    e.add_argument("--no-evaluate", action="store_true",
+                   help="train only: no Evaluator, hence no Pusher")
+
+
+def _margin(text: str):
+    """argparse type: a float, or ``none`` (skip that comparison)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _eval_kwargs(args) -> dict:
+    """PipelineConfig fields of the evaluation options."""
+    return dict(evaluate=not args.no_evaluate, eval_task=args.task,
+                eval_task_dir=args.task_dir, eval_data_dir=args.eval_data,
+                eval_epochs=args.eval_epochs, eval_seed=args.eval_seed,
+                margin_over_toppop=args.margin_over_toppop,
+                margin_over_untrained=args.margin_over_untrained,
+                eval_sequence_models=not args.no_sequence_models)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "run", help="run the TFX pipeline locally (LocalDagRunner, SQLite MLMD)",
         description="Runs ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> "
-                    "BehaviorPreprocess -> Trainer (-> Evaluator -> Pusher) and prints a "
-                    "summary read back from MLMD. A repeated identical run reuses cached "
-                    "outputs.")
+                    "BehaviorPreprocess -> Trainer -> Evaluator -> Pusher and prints a "
+                    "summary read back from MLMD: the downstream results table, whether the "
+                    "model was blessed and why, where it was pushed and how to serve it. "
+                    "A repeated identical run reuses cached outputs.")
     p.add_argument("--data", help="behaviour-log directory (a `clue synth` output or a folder "
                                   "of csv/jsonl/parquet/tfrecord files); synthetic data is "
                                   "generated into ROOT/data when omitted")
@@ -107,6 +149,10 @@ def _run(args) -> int:
     root = os.path.abspath(args.root)
     data = os.path.abspath(args.data) if args.data else _synthetic_data(root, args.users, args.seed)
     input_dir, fmt, pattern = detect_format(data)
+    evaluation = _eval_kwargs(args)
+    for key in ("eval_task_dir", "eval_data_dir"):
+        if evaluation[key]:
+            evaluation[key] = os.path.abspath(evaluation[key])
     config = PipelineConfig(
         pipeline_root=os.path.join(root, "pipeline"),
         data_root=input_dir, data_format=fmt, file_pattern=pattern,
@@ -115,7 +161,12 @@ def _run(args) -> int:
         preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
         checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
-        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache)
+        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache, **evaluation)
+    if config.evaluate and not os.path.isdir(config.evaluation_task_dir):
+        print(f"clue run: no downstream task directory {config.evaluation_task_dir} for the "
+              "Evaluator; pass --task-dir (or --task), or --no-evaluate to train only",
+              file=sys.stderr)
+        return 2
     print(f"running pipeline {config.pipeline_name!r}: {fmt} files {pattern} in {input_dir}, "
           f"outputs under {config.pipeline_root}")
     summary = local_runner.run(config)
@@ -140,7 +191,8 @@ def _compile(args) -> int:
         preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
         checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
-        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache)
+        beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache,
+        **_eval_kwargs(args))
     try:
         path = compile_pipeline(config, args.image, args.out)
     except ImportError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import posixpath
 from typing import Optional, Tuple
 
 #: Input formats the pipeline's ExampleGen understands, by file extension.
@@ -66,6 +67,22 @@ class PipelineConfig:
         --region=R --temp_location=gs://...`` to scale out with the same code.
       enable_cache: reuse outputs of executions whose inputs and properties are
         unchanged (MLMD-based caching).
+      evaluate: add the ClueEvaluator (downstream evaluation, blessing) and
+        the Pusher. False trains only and never pushes (no blessing is faked).
+      eval_task: downstream task name; its directory defaults to
+        ``<data>/downstream/<eval_task>`` (see `evaluation_task_dir`).
+      eval_task_dir: explicit downstream task directory (``interactions.<fmt>``
+        + ``catalogue.jsonl``); overrides ``eval_task``.
+      eval_data_dir: behaviour-log directory the evaluation computes user
+        features from (a `clue synth` directory or one holding
+        ``behaviors/``); default: see `evaluation_data_dir`.
+      eval_epochs: training epochs of every downstream model.
+      eval_seed: seed of the downstream split, negatives and initialisation.
+      margin_over_toppop: the model is blessed only if MRR of U-MLP on CLUE
+        features exceeds TopPop's by more than this; None skips the check.
+      margin_over_untrained: ... and exceeds U-MLP on untrained-encoder
+        features by more than this; None skips the check.
+      eval_sequence_models: also train T-UBM (BST) and Hybrid (slower).
     """
 
     pipeline_root: str
@@ -88,6 +105,15 @@ class PipelineConfig:
     num_shards: int = 0
     beam_pipeline_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
+    evaluate: bool = True
+    eval_task: str = "movies"
+    eval_task_dir: Optional[str] = None
+    eval_data_dir: Optional[str] = None
+    eval_epochs: int = 3
+    eval_seed: int = 0
+    margin_over_toppop: Optional[float] = 0.0
+    margin_over_untrained: Optional[float] = 0.0
+    eval_sequence_models: bool = True
 
     def __post_init__(self):
         if self.data_format not in FORMAT_EXTENSIONS:
@@ -98,7 +124,7 @@ class PipelineConfig:
             raise ValueError(f"eval_percent={self.eval_percent} and test_percent="
                              f"{self.test_percent} must be >= 0 and sum to < 100")
         for name in ("train_steps", "batch_size", "min_items_per_user",
-                     "min_services_per_user", "bpe_sample_size"):
+                     "min_services_per_user", "bpe_sample_size", "eval_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every and self.train_steps % self.checkpoint_every:
@@ -109,6 +135,23 @@ class PipelineConfig:
 
     def replace(self, **kw) -> "PipelineConfig":
         return dataclasses.replace(self, **kw)
+
+    @property
+    def dataset_root(self) -> str:
+        """The `clue synth`-style directory around ``data_root``: its parent when
+        ``data_root`` is a ``behaviors/`` folder, else ``data_root`` itself."""
+        root = self.data_root.rstrip("/")
+        return posixpath.dirname(root) if posixpath.basename(root) == "behaviors" else root
+
+    @property
+    def evaluation_task_dir(self) -> str:
+        """``eval_task_dir``, else ``<dataset_root>/downstream/<eval_task>``."""
+        return self.eval_task_dir or posixpath.join(self.dataset_root, "downstream", self.eval_task)
+
+    @property
+    def evaluation_data_dir(self) -> str:
+        """``eval_data_dir``, else `dataset_root` (which holds ``behaviors/``)."""
+        return self.eval_data_dir or self.dataset_root
 
 
 def detect_format(data_root: str) -> Tuple[str, str, str]:

@@ -33,9 +33,18 @@ class RunSummary:
         ``steps``, ``num_params`` ...), or {} when the Trainer did not run.
       model_uri: the Trainer's Model artifact (serving SavedModel under
         ``Format-Serving``).
-      blessed: True / False when an evaluator ran, None when the pipeline has
-        no evaluator (then nothing is pushed).
-      pushed_to: the pushed model version's directory, or None.
+      blessed: True / False when the Evaluator ran, None when the pipeline has
+        no evaluator (``PipelineConfig.evaluate=False``; then nothing is pushed)
+        or it did not get to run.
+      blessing_reason: the Evaluator's verdict with the MRR numbers it compared.
+      evaluation_uri: the Evaluator's ModelEvaluation artifact (results.json,
+        results.md, results.png, blessing.json).
+      evaluation_table: ``results.md`` of that artifact (Markdown), or None.
+      mrr: ``{model column: MRR}`` from the evaluation artifact's properties
+        (the SQLite MLMD store keeps about 6 significant digits; results.json
+        has the full values).
+      pushed_to: the pushed model version's directory
+        (``<serving_model_dir>/<unix time>``), or None.
     """
 
     run_id: str
@@ -46,6 +55,32 @@ class RunSummary:
     model_uri: Optional[str]
     blessed: Optional[bool]
     pushed_to: Optional[str]
+    blessing_reason: Optional[str] = None
+    evaluation_uri: Optional[str] = None
+    evaluation_table: Optional[str] = None
+    mrr: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    #: Model name `serve_instructions` suggests for TF Serving / `clue serve`.
+    MODEL_NAME = "clue"
+
+    def serve_instructions(self) -> List[str]:
+        """Shell commands that serve the pushed model and query it (empty when not pushed)."""
+        if not self.pushed_to:
+            return []
+        base = os.path.dirname(self.pushed_to.rstrip("/"))
+        return [
+            f"clue serve --model-base-path {base} --model-name {self.MODEL_NAME} --port 8500",
+            f"clue embed --server 127.0.0.1:8500 --model {self.MODEL_NAME} "
+            "--input users.jsonl --out embeddings.parquet",
+        ]
+
+    def _verdict_detail(self) -> str:
+        """The blessing reason without its leading ``blessed: `` / ``not blessed: ``."""
+        reason = self.blessing_reason or "no reason recorded"
+        for prefix in ("not blessed: ", "blessed: "):
+            if reason.startswith(prefix):
+                return reason[len(prefix):]
+        return reason
 
     def format(self) -> str:
         """A few human-readable lines."""
@@ -64,12 +99,23 @@ class RunSummary:
                          + (f", held-out loss {t['eval_loss']:.4f}"
                             if t.get("eval_loss") is not None else "")
                          + f" ({self.model_uri})")
+        if self.evaluation_table:
+            lines.append(f"  downstream evaluation ({self.evaluation_uri}):")
+            lines.extend("    " + line if line else "" for line in
+                         self.evaluation_table.rstrip("\n").split("\n"))
         if self.blessed is None:
-            lines.append("  not pushed: the pipeline has no evaluator yet, so no blessing")
+            lines.append("  not pushed: the pipeline has no evaluator (evaluation switched "
+                         "off, or the run stopped before it), so no blessing")
         elif not self.blessed:
-            lines.append("  not pushed: the evaluator did not bless the model")
+            lines.append(f"  NOT BLESSED, so not pushed: {self._verdict_detail()}")
         else:
-            lines.append(f"  blessed; pushed to {self.pushed_to}")
+            lines.append(f"  BLESSED: {self._verdict_detail()}")
+            if self.pushed_to:
+                lines.append(f"  pushed to {self.pushed_to}")
+                lines.append("  serve and query it with:")
+                lines.extend("    " + c for c in self.serve_instructions())
+            else:
+                lines.append("  blessed, but the Pusher did not push (see its log)")
         return "\n".join(lines)
 
 
@@ -153,17 +199,31 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
                 with open(path) as f:
                     train_result = json.load(f)
                 train_result.pop("history", None)
-    blessed = pushed_to = None
+    blessed = pushed_to = reason = evaluation_uri = table = None
+    mrr: Dict[str, float] = {}
     if p.EVALUATOR in by_node:
-        blessing = _outputs(store, by_node[p.EVALUATOR].id).get("blessing", [])
-        blessed = bool(blessing and _custom(blessing[0]).get("blessed"))
+        outs = _outputs(store, by_node[p.EVALUATOR].id)
+        if outs.get("blessing"):
+            props = _custom(outs["blessing"][0])
+            blessed = bool(props.get("blessed"))
+            reason = props.get("blessing_message")
+        if outs.get("evaluation"):
+            evaluation_uri = outs["evaluation"][0].uri
+            props = _custom(outs["evaluation"][0])
+            mrr = {k[len("mrr/"):]: v for k, v in props.items() if k.startswith("mrr/")}
+            path = os.path.join(evaluation_uri, "results.md")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    table = f.read()
     if p.PUSHER in by_node:
         pushed = _outputs(store, by_node[p.PUSHER].id).get("pushed_model", [])
         if pushed and _custom(pushed[0]).get("pushed"):
             pushed_to = _custom(pushed[0]).get("pushed_destination")
     return RunSummary(run_id=run.name, executions=states, cached=int(cached),
                       preprocess_stats=stats, train_result=train_result,
-                      model_uri=model_uri, blessed=blessed, pushed_to=pushed_to)
+                      model_uri=model_uri, blessed=blessed, pushed_to=pushed_to,
+                      blessing_reason=reason, evaluation_uri=evaluation_uri,
+                      evaluation_table=table, mrr=mrr)
 
 
 def run(config: PipelineConfig) -> RunSummary:

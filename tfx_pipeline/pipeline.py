@@ -9,9 +9,12 @@ ExampleGen (csv | jsonl | parquet | tfrecord)
   -> StatisticsGen -> SchemaGen -> ExampleValidator
   -> BehaviorPreprocess (Beam; fails on any anomaly / missing column / empty input)
   -> Trainer (tfx_pipeline.trainer_module.run_fn)
-  -> [Evaluator: not yet written, see `_make_evaluator`]
-  -> Pusher, only when a ModelBlessing exists
+  -> Evaluator (ClueEvaluator: downstream task, ModelBlessing)
+  -> Pusher (copies the serving SavedModel to <serving_model_dir>/<unix time>/,
+             only when the blessing says BLESSED)
 ```
+With ``config.evaluate=False`` the pipeline stops after the Trainer and
+never pushes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tfx.dsl.components.base import executor_spec
 
 from clue_keras.config import get_preset
 from components.behavior_preprocess.component import BehaviorPreprocess
+from components.clue_evaluator.component import ClueEvaluator
 from components.jsonl_example_gen import executor as jsonl_executor
 from tfx_pipeline.config import PipelineConfig
 
@@ -37,7 +41,7 @@ RUN_FN = "tfx_pipeline.trainer_module.run_fn"
 #: the by-user train/eval/test split itself.
 RAW_SPLIT = "all"
 
-#: Component ids, in pipeline order (the evaluator and pusher join later).
+#: Component ids, in pipeline order.
 EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR = (
     "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator")
 BEHAVIOR_PREPROCESS, TRAINER, EVALUATOR, PUSHER = (
@@ -70,16 +74,27 @@ def _example_gen(config: PipelineConfig) -> base_node.BaseNode:
 
 def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode,
                     user_examples) -> Optional[base_node.BaseNode]:
-    """EVALUATOR SLOT: returns the component that blesses (or not) the model.
+    """The component that blesses (or not) the model: `ClueEvaluator`, id ``Evaluator``.
 
-    Not written yet. When it is, return it here with id ``Evaluator``; it must
-    take ``trainer.outputs["model"]`` (and, for downstream evaluation,
-    ``user_examples``) and produce an output ``"blessing"`` of type
-    ``ModelBlessing``. The Pusher is added only when this returns a component,
-    so until then the pipeline trains but never pushes: no blessing is faked.
+    It evaluates ``trainer.outputs["model"]`` on the downstream task
+    ``config.evaluation_task_dir`` with user features from
+    ``config.evaluation_data_dir`` and outputs ``evaluation`` and ``blessing``
+    (ModelBlessing). Returns None when ``config.evaluate`` is False; then no
+    Pusher is added either, so nothing is ever pushed unblessed.
     """
-    del config, trainer, user_examples
-    return None
+    del user_examples  # features come from the raw logs, as `clue evaluate` computes them
+    if not config.evaluate:
+        return None
+    return ClueEvaluator(
+        model=trainer.outputs["model"],
+        task_dir=config.evaluation_task_dir,
+        data_dir=config.evaluation_data_dir,
+        epochs=config.eval_epochs,
+        seed=config.eval_seed,
+        margin_over_toppop=config.margin_over_toppop,
+        margin_over_untrained=config.margin_over_untrained,
+        sequence_models=config.eval_sequence_models,
+    ).with_id(EVALUATOR)
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
