@@ -25,8 +25,13 @@ DEFAULT_ROOT = "clue_runs"
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model preset (see `clue presets`)")
-    p.add_argument("--train-steps", type=int, default=200, help="Trainer optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch (users per step)")
+    # Defaults sized for the tiny preset on a 2-core machine (`make run` in ~10 min);
+    # the paper's learning rate for its large models is 5e-4 (TrainConfig's default).
+    p.add_argument("--train-steps", type=int, default=400, help="Trainer optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (users per step)")
+    p.add_argument("--learning-rate", type=float, default=2e-3,
+                   help="AdamW peak learning rate (default %(default)s for the tiny preset; "
+                        "the paper uses 5e-4)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="checkpoint interval in steps (0: only at the end)")
     p.add_argument("--min-items", type=int, default=2,
@@ -47,7 +52,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     e.add_argument("--task-dir", help="explicit downstream task directory (overrides --task)")
     e.add_argument("--eval-data", help="behaviour logs for the evaluation's user features "
                                        "(default: the --data directory)")
-    e.add_argument("--eval-epochs", type=int, default=3, help="epochs per downstream model")
+    e.add_argument("--eval-epochs", type=int, default=5, help="epochs per downstream model")
     e.add_argument("--eval-seed", type=int, default=0)
     e.add_argument("--margin-over-toppop", type=_margin, default=0.0, metavar="MRR|none",
                    help="required MRR lead over TopPop; 'none' skips (default %(default)s)")
@@ -94,7 +99,7 @@ def add_parser(sub) -> None:
     p.add_argument("--root", default=DEFAULT_ROOT,
                    help="run directory: pipeline outputs, metadata.db, data (default %(default)s)")
     p.add_argument("--serving-dir", help="Pusher destination (default ROOT/serving)")
-    p.add_argument("--users", type=int, default=600, help="synthetic users when --data is omitted")
+    p.add_argument("--users", type=int, default=2000, help="synthetic users when --data is omitted")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     _add_common(p)
     p.set_defaults(func=_run)
@@ -159,7 +164,8 @@ def _run(args) -> int:
         serving_model_dir=os.path.abspath(args.serving_dir or os.path.join(root, "serving")),
         metadata_path=os.path.join(root, "metadata", "metadata.db"),
         preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
-        checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
+        learning_rate=args.learning_rate, checkpoint_every=args.checkpoint_every,
+        min_items_per_user=args.min_items,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
         beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache, **evaluation)
     if config.evaluate and not os.path.isdir(config.evaluation_task_dir):
@@ -189,7 +195,8 @@ def _compile(args) -> int:
             "*" if args.format == "tfrecord" else "*" + FORMAT_EXTENSIONS[args.format][0]),
         serving_model_dir=args.serving_dir or f"{root}/serving",
         preset=args.preset, train_steps=args.train_steps, batch_size=args.batch_size,
-        checkpoint_every=args.checkpoint_every, min_items_per_user=args.min_items,
+        learning_rate=args.learning_rate, checkpoint_every=args.checkpoint_every,
+        min_items_per_user=args.min_items,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
         beam_pipeline_args=_beam_args(args), enable_cache=not args.no_cache,
         **_eval_kwargs(args))

@@ -49,6 +49,7 @@ class PipelineConfig:
         (``max_items``), L (``max_tokens``) and the BPE vocabulary size.
       train_steps: optimizer steps of the Trainer.
       batch_size: global batch (users per step, all replicas together).
+      learning_rate: AdamW peak learning rate (paper: 5e-4).
       checkpoint_every: checkpoint interval in steps (``train_steps`` must be a
         multiple of it; 0 = once at the end).
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
@@ -95,6 +96,7 @@ class PipelineConfig:
     preset: str = "tiny"
     train_steps: int = 200
     batch_size: int = 32
+    learning_rate: float = 5e-4
     checkpoint_every: int = 0
     precision: str = "auto"
     min_items_per_user: int = 2

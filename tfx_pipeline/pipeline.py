@@ -137,6 +137,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             "preset": config.preset,
             "train_steps": config.train_steps,
             "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
             "checkpoint_every": config.checkpoint_every,
             "precision": config.precision,
         },

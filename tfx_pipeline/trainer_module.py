@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Sequence
 from absl import logging
 
 #: Keys ``custom_config`` may hold.
-CUSTOM_CONFIG_KEYS = ("preset", "train_steps", "batch_size", "checkpoint_every",
+CUSTOM_CONFIG_KEYS = ("preset", "train_steps", "batch_size", "learning_rate", "checkpoint_every",
                       "precision", "cpu_replicas")
 
 
@@ -60,6 +60,7 @@ def _configs(custom_config: Dict[str, Any], fn_train_steps: int | None):
     every = int(custom_config.get("checkpoint_every") or 0) or steps
     train_config = TrainConfig(
         batch_size=int(custom_config.get("batch_size", TrainConfig.batch_size)),
+        learning_rate=float(custom_config.get("learning_rate", TrainConfig.learning_rate)),
         train_steps=steps, checkpoint_every=every,
         log_every=max(1, min(TrainConfig.log_every, steps)))
     return model_config, train_config
