@@ -1,4 +1,4 @@
-"""`clue train`, `clue presets` and `clue bench train`."""
+"""`clue train`, `clue presets`, and `add_bench_parser` for `clue bench train`."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def add_parser(sub) -> None:
     _add_model_args(p)
     p.set_defaults(func=_train)
 
-    bench = sub.add_parser("bench", help="benchmarks (see docs/PERFORMANCE.md)")
-    bsub = bench.add_subparsers(dest="bench", metavar="WHAT")
-    bsub.required = True
+
+def add_bench_parser(bsub) -> None:
+    """`clue bench train` (the `bench` group itself is tfx_pipeline/cli_bench.py)."""
     b = bsub.add_parser("train", help="training throughput and FLOP/s vs a matmul in the same run")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--batch-size", type=int, default=32)
@@ -47,10 +47,6 @@ def add_parser(sub) -> None:
     b.add_argument("--json", help="also write the figures to this JSON file")
     _add_model_args(b)
     b.set_defaults(func=_bench_train)
-    from clue_keras.bench_serve import add_bench_parser as add_bench_serve_parser
-    add_bench_serve_parser(bsub)  # `clue bench serve`
-    from clue_keras.bench_preprocess import add_bench_parser as add_bench_preprocess_parser
-    add_bench_preprocess_parser(bsub)  # `clue bench preprocess`
 
 
 def _presets(args) -> int:

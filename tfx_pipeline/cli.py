@@ -22,8 +22,9 @@ COMMAND_MODULES = [
     "clue_keras.cli_serve",
     "clue_keras.prepare",
     "tfx_pipeline.cli_evaluate",
-    "clue_keras.cli_scale",
+    "tfx_pipeline.cli_scale",
     "clue_keras.cli_batch",
+    "tfx_pipeline.cli_bench",
 ]
 
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ INFO..ERROR noise (cuDNN factory, oneDNN) off
     # TFRS (evaluation) needs tf.keras to be Keras 2; CLUE code uses `import keras`
     # (Keras 3) and is unaffected. Must be set before TensorFlow is imported.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
