@@ -87,7 +87,8 @@ class EvalConfig:
     """
 
     fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
-    train_negatives: int = 16  # sampled negatives per training positive
+    train_negatives: int = 4  # sampled negatives per training positive (sequence models)
+    umlp_train_negatives: int = 16  # U-MLP is cheap per pair: more negatives, better ranking
     batch_size: int = 256
     learning_rate: float = 1e-3
     umlp_width: int = 64
@@ -266,25 +267,30 @@ def _pair_dataset(
     rng: np.random.Generator,
     shuffle: bool,
 ) -> tf.data.Dataset:
-    """(features, labels [B, 1]) with 1 positive + ``num_negatives`` per example."""
+    """(features, labels [B, 1 + K]): each example with its positive and K negatives.
+
+    The candidates of one example share a row, so the (possibly expensive)
+    query tower runs once per example; the BCE is over every (user, item) pair.
+    ``batch_size`` counts pairs, as before: rows per batch = batch_size / (1 + K).
+    """
     n = len(examples)
     negs = tasks_lib.sample_training_negatives(
         examples.user_ids, positives, num_items, num_negatives, rng
     )
-    ex = np.repeat(np.arange(n, dtype=np.int64), 1 + num_negatives)
-    items = np.concatenate([examples.targets[:, None], negs], axis=1).reshape(-1).astype(np.int64)
-    labels = np.tile(np.r_[1.0, np.zeros(num_negatives)], n).astype(np.float32)
+    ex = np.arange(n, dtype=np.int64)
+    items = np.concatenate([examples.targets[:, None], negs], axis=1).astype(np.int64)
+    labels = np.tile(np.r_[1.0, np.zeros(num_negatives)], (n, 1)).astype(np.float32)
     if shuffle:
-        order = rng.permutation(len(ex))
-        ex, items, labels = ex[order], items[order], labels[order]
+        order = rng.permutation(n)
+        ex, items = ex[order], items[order]
 
     def to_features(e, i, y):
-        features = {**inputs.query(e), **inputs.candidate(i)}
-        return features, y[:, None]
+        return {**inputs.query(e), **inputs.candidate(i)}, y
 
+    rows = max(1, batch_size // (1 + num_negatives))
     return (
         tf.data.Dataset.from_tensor_slices((ex, items, labels))
-        .batch(batch_size)
+        .batch(rows)
         .map(to_features)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -302,6 +308,7 @@ def _train(
     cfg: EvalConfig,
     seed: int,
     learning_rate: Optional[float] = None,
+    negatives: Optional[int] = None,
 ) -> Dict[str, List[float]]:
     """Fits ``model`` for ``epochs`` with fresh negatives each epoch.
 
@@ -314,7 +321,7 @@ def _train(
     history: Dict[str, List[float]] = {"loss": [], "auc": [], "val_loss": []}
     for _ in range(epochs):
         ds = _pair_dataset(
-            train_inputs, train_ex, positives, num_items, cfg.train_negatives,
+            train_inputs, train_ex, positives, num_items, negatives or cfg.train_negatives,
             cfg.batch_size, rng, shuffle=True,
         )
         logs = model.fit(ds, epochs=1, verbose=0).history
@@ -322,7 +329,7 @@ def _train(
         history["auc"].append(float(logs["auc"][-1]))
         if val_inputs is not None and val_ex is not None and len(val_ex):
             val_ds = _pair_dataset(
-                val_inputs, val_ex, positives, num_items, cfg.train_negatives,
+                val_inputs, val_ex, positives, num_items, negatives or cfg.train_negatives,
                 cfg.batch_size, np.random.default_rng(val_rng_seed), shuffle=False,
             )
             history["val_loss"].append(float(model.evaluate(val_ds, verbose=0, return_dict=True)["bce"]))
@@ -474,7 +481,7 @@ def evaluate_task(
         train_in, val_in, test_in = mk(train_ex), mk(val_ex), mk(test_ex)
         training[column] = _train(
             model, train_in, train_ex, val_in, val_ex, positives, num_items, epochs, cfg, seed,
-            learning_rate=cfg.umlp_learning_rate,
+            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives,
         )
         queries = _embed(test_in.query, model.query_tower, len(test_ex))
         candidates = _embed(test_in.candidate, model.candidate_tower, num_items + 1)

@@ -39,8 +39,9 @@ class DownstreamModel(tfrs.models.Model):
     """Two-tower ranking model trained with BCE on sampled negatives.
 
     Subclasses implement :meth:`query_tower` and :meth:`candidate_tower`;
-    ``call(features)`` returns the logits float32 [B, 1]. Datasets yield
-    ``(features, labels)`` with labels float32 [B, 1] in {0, 1}.
+    ``call(features)`` returns the logits float32 [B, 1] (or [B, K] for K
+    candidates per row). Datasets yield ``(features, labels)`` with labels of
+    the same shape in {0, 1}.
     """
 
     def __init__(self, name: Optional[str] = None) -> None:
@@ -60,8 +61,12 @@ class DownstreamModel(tfrs.models.Model):
         raise NotImplementedError
 
     def call(self, features: Features, training: bool = False) -> tf.Tensor:
-        query = self.query_tower(features, training=training)
-        candidate = self.candidate_tower(features, training=training)
+        """Logits: [B, 1] for one candidate per row, or [B, K] when ``features["item"]``
+        is [B, K] (the query tower then runs once per row, not once per candidate)."""
+        query = self.query_tower(features, training=training)              # [B, D]
+        candidate = self.candidate_tower(features, training=training)      # [B, D] or [B, K, D]
+        if candidate.shape.rank == 3:
+            return tf.einsum("bd,bkd->bk", query, candidate)
         return tf.reduce_sum(query * candidate, axis=-1, keepdims=True)
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
