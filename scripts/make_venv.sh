@@ -27,6 +27,7 @@ rm -rf "$venv"
 "$venv/bin/pip" install -q --no-deps -r requirements.lock 2>&1 | grep -v "is ignored" || true
 "$venv/bin/pip" check
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
-"$venv/bin/python" -c "import tfx, tensorflow, keras_hub, tensorflow_recommenders" 2>/dev/null
+# Smoke import of the stack (TFRS needs tf.keras = Keras 2, see README).
+TF_CPP_MIN_LOG_LEVEL=3 TF_USE_LEGACY_KERAS=1 "$venv/bin/python" -c "import tfx, tensorflow, keras_hub, tensorflow_recommenders, clue_keras, clue_tfrs, components, tfx_pipeline" 2>&1 | { grep -v Warning || true; } | tail -5
 touch "$venv/.installed"
 echo "$venv ready."
