@@ -62,12 +62,28 @@ def strategy_kind(cpu_replicas: int = 1, env: Optional[dict] = None,
     return "default"
 
 
+_STRATEGIES: dict = {}
+
+
+def _mirrored(devices=None) -> tf.distribute.Strategy:
+    """One MirroredStrategy per device set and process.
+
+    Each new MirroredStrategy numbers its collective ops from the same base, so a
+    second one over the same devices reuses instance keys whose cached shapes belong
+    to the first ("Shape mismatch in the collective instance"); sharing one avoids it.
+    """
+    key = tuple(devices) if devices else None
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices=devices)
+    return _STRATEGIES[key]
+
+
 def get_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
     kind = strategy_kind(cpu_replicas)
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "gpus":
-        return tf.distribute.MirroredStrategy()
+        return _mirrored()
     if kind == "cpus":
         have = configure_logical_cpus(cpu_replicas)
         devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
@@ -76,5 +92,5 @@ def get_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
                 f"asked for {cpu_replicas} CPU replicas but TensorFlow already initialised "
                 f"{have} CPU device(s); set --cpu-replicas before anything runs on TensorFlow"
             )
-        return tf.distribute.MirroredStrategy(devices=devices)
+        return _mirrored(devices)
     return tf.distribute.get_strategy()

@@ -67,7 +67,7 @@ def parse_build(text: str) -> Dict[str, Any]:
             continue
         attrs = {kw.arg: _value(kw.value) for kw in call.keywords}
         attrs["kind"] = kind
-        attrs["args"] = [_value(a) for a in call.args]
+        attrs["_positional"] = [_value(a) for a in call.args]
         rules.append(attrs)
     return {"loads": loads, "rules": rules}
 

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from clue_keras.clip_loss import clip_loss
+from clue_keras.distribute import get_strategy
 from clue_keras.config import PRESETS
 from clue_keras.train import build_pretrainer
 
@@ -80,7 +81,7 @@ def test_loss_and_gradients_two_replicas_equal_one_replica():
         loss1, _ = single.compute_contrastive_loss({"token_ids": ids})
     grads1 = [tf.convert_to_tensor(g) for g in tape.gradient(loss1, single.trainable_variables)]
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = get_strategy(2)  # MirroredStrategy over the two logical CPUs
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         dist = build_pretrainer(mc)
@@ -126,7 +127,7 @@ def test_one_training_step_two_replicas_equals_one_replica():
     single.compile(optimizer=keras.optimizers.SGD(0.5))
     h1 = single.fit(ds, epochs=1, verbose=0).history
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = get_strategy(2)  # MirroredStrategy over the two logical CPUs
     with strategy.scope():
         dist = build_pretrainer(mc)
         dist.set_weights(init)

@@ -277,7 +277,7 @@ def test_summary_writes_csv_fit_figures_and_report(data_dir, tmp_path):
 
 
 def _cli(argv):
-    from clue_keras import cli_scale
+    from tfx_pipeline import cli_scale
 
     parser = argparse.ArgumentParser(prog="clue")
     cli_scale.add_parser(parser.add_subparsers(dest="command"))
