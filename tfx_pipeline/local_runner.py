@@ -71,6 +71,7 @@ class RunSummary:
         return [
             f"clue serve --model-base-path {base} --model-name {self.MODEL_NAME} --port 8500",
             f"clue embed --server 127.0.0.1:8500 --model {self.MODEL_NAME} "
+            f"--vocab {os.path.join(self.pushed_to.rstrip('/'), 'assets')} "
             "--input users.jsonl --out embeddings.parquet",
         ]
 
