@@ -57,6 +57,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from clue_keras.atomic import publish_dir, write_json_atomic  # noqa: F401  (re-exported)
+
 DTYPES: Dict[str, str] = {"float32": "<f4", "float16": "<f2", "int8": "i1"}
 INT8_LEVELS = 127
 MANIFEST_FILE = "manifest.json"
@@ -344,20 +346,6 @@ def build_pipeline(p, files: Sequence[str], model_dir: str, services: Sequence[s
 
 
 # --------------------------------------------------------------------------- driver
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Writes ``obj`` as JSON to a temporary name in the same directory, then renames."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _shard_summary(directory: str) -> Tuple[List[dict], int, Optional[int]]:

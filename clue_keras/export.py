@@ -32,6 +32,7 @@ from typing import Union
 
 import tensorflow as tf
 
+from clue_keras.atomic import publish_dir
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.pretrainer import CLUEPretrainer
 
@@ -131,13 +132,10 @@ def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str
             name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
         with open(os.path.join(tmp, "assets", MODEL_CONFIG_ASSET), "w") as f:
             json.dump(encoder.get_config(), f, indent=2, sort_keys=True)
-        if os.path.isdir(export_dir):
-            os.rmdir(export_dir)
-        os.replace(tmp, export_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return export_dir
+    return publish_dir(tmp, export_dir)
 
 
 def encoder_from_export(export_dir: str, seed: int = 0) -> CLUEEncoder:

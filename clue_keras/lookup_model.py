@@ -28,6 +28,7 @@ import tempfile
 
 import numpy as np
 
+from clue_keras.atomic import publish_dir
 from clue_keras.batch_embed import DTYPES, INT8_LEVELS, MANIFEST_FILE, read_embeddings
 
 IDS_ASSET = "user_ids.txt"
@@ -117,9 +118,7 @@ def build_lookup_model(embeddings_dir: str, export_dir: str) -> str:
         module = _make_module_class()(ids_path, manifest_path, table.values, table.scale, table.dtype)
         tf.saved_model.save(module, tmp, signatures={
             "serving_default": module.serving_default.get_concrete_function()})
-        if os.path.isdir(export_dir):
-            os.rmdir(export_dir)
-        os.replace(tmp, export_dir)
+        publish_dir(tmp, export_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -58,6 +58,8 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
+from clue_keras.atomic import write_text_atomic
+
 KNOWN_SERVICES: Tuple[str, ...] = ("news", "search", "shopping")
 KNOWN_TASKS: Tuple[str, ...] = ("movies", "books", "webtoon")
 FORMATS: Tuple[str, ...] = ("csv", "jsonl", "parquet")
@@ -596,14 +598,6 @@ _BEHAVIOR_TYPES = {"user_id": "string", "service": "string", "timestamp": "int64
 _INTERACTION_TYPES = {"user_id": "string", "item_id": "string", "item_text": "string", "timestamp": "int64"}
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _jsonl(records: Iterable[Dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -682,7 +676,7 @@ def generate(
     catalogues = {task: _make_catalogue(seed, task) for task in tasks}
     for task, cat in catalogues.items():
         rel = f"downstream/{task}/catalogue.jsonl"
-        _write_text_atomic(os.path.join(out_dir, rel), _jsonl(
+        write_text_atomic(os.path.join(out_dir, rel), _jsonl(
             {"item_id": i, "item_text": x, "topic": t} for i, x, t in zip(cat.item_ids, cat.texts, cat.topics)))
         files[rel] = len(cat.item_ids)
 
@@ -784,7 +778,7 @@ def generate(
         "files": dict(sorted(files.items())),
         "stats": stats,
     }
-    _write_text_atomic(manifest_path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(manifest_path, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return manifest
 
 

@@ -67,6 +67,8 @@ import re
 import tempfile
 from typing import Iterable, Iterator, List, Optional, Sequence, Set
 
+from clue_keras.atomic import write_text_atomic  # noqa: F401  (re-exported)
+
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<item>")
 PAD_ID = 0
 ITEM_TOKEN = "<item>"
@@ -223,29 +225,6 @@ def _read_text(path: str) -> str:
             return f.read()
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same directory."""
-    directory = os.path.dirname(path) or "."
-    if _is_remote(path):
-        import tensorflow as tf
-
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_vocab_info(vocab_dir: str) -> VocabInfo:

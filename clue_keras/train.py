@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from clue_keras import config as cfg_lib
+from clue_keras.atomic import write_json_atomic
 from clue_keras.config import ModelConfig, TrainConfig
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.precision import resolve_policy
@@ -292,7 +293,7 @@ def train(
                          num_params=num_params, precision=policy, replicas=replicas,
                          history=progress.history, eval_loss=eval_loss,
                          resumed_from_step=resumed)
-    _write_json_atomic(os.path.join(model_dir, "train_result.json"), {
+    write_json_atomic(os.path.join(model_dir, "train_result.json"), {
         **dataclasses.asdict(result),
         "model_config": cfg_lib.to_dict(model_config),
         "train_config": cfg_lib.to_dict(train_config),
@@ -309,10 +310,3 @@ def save_keras_atomic(model: keras.Model, path: str) -> None:
 
 def load_pretrainer(path: str) -> CLUEPretrainer:
     return keras.saving.load_model(path, compile=False)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)

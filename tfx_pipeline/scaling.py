@@ -57,6 +57,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from clue_keras import config as cfg_lib
+from clue_keras.atomic import write_json_atomic, write_text_atomic  # noqa: F401
 from clue_keras.config import PRESETS, ModelConfig, TrainConfig, param_count
 
 PF_DAY_FLOPS = 8.64e19  # one petaFLOP/s-day in FLOPs: 1e15 * 86400
@@ -389,24 +390,6 @@ def load_grid(path: str) -> Grid:
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary file in the same directory, then renames it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def run_dir(out_dir: str, run_id: str) -> str:

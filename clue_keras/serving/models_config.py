@@ -8,12 +8,12 @@ construction and parses back with ``text_format.Parse``. Pass the file to the
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Sequence, Tuple
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from clue_keras.atomic import write_text_atomic
 
 
 def models_config(
@@ -71,16 +71,5 @@ def write_models_config(
     path: str, models: Sequence[Tuple[str, str]], num_versions: int = 1
 ) -> str:
     """Writes ``models_config_text(...)`` to ``path`` atomically; returns ``path``."""
-    text = models_config_text(models, num_versions)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.config.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, models_config_text(models, num_versions))
     return path

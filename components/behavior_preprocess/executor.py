@@ -35,6 +35,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
+from clue_keras.atomic import write_json_atomic
 
 VOCAB_DIRNAME = "vocab"
 STATS_FILENAME = "stats.json"
@@ -222,13 +223,6 @@ def EncodeUsers(users: beam.PCollection, vocab_dir: beam.PCollection  # pylint: 
                 ) -> beam.PCollection:
     """``(user_id, CleanedUser)`` -> serialized tf.Examples; ``vocab_dir`` a singleton."""
     return users | "Encode" >> beam.ParDo(EncodeUserFn(), beam.pvalue.AsSingleton(vocab_dir))
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with fileio.open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True))
-    fileio.rename(tmp, path, overwrite=True)
 
 
 def _count(pcoll: beam.PCollection, label: str) -> beam.PCollection:
@@ -472,7 +466,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     def write_stats(_, services, **c):
         stats = {k: int(v) for k, v in c.items()}
         stats["services"] = list(services)
-        _write_json_atomic(os.path.join(output_uri, STATS_FILENAME), stats)
+        write_json_atomic(os.path.join(output_uri, STATS_FILENAME), stats)
 
     _ = (p | "StatsTrigger" >> beam.Create([None])
          | "WriteStats" >> beam.Map(
