@@ -131,3 +131,24 @@ def test_token_id_beyond_vocabulary_is_a_clear_error():
     ids[0, 0, 0, 1] = MC.vocab_size + 5
     with pytest.raises(tf.errors.InvalidArgumentError, match="token id >= vocabulary_size"):
         model({"token_ids": ids})
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_training_steps_under_mixed_precision_stay_finite(policy):
+    """The GPU path (mixed_float16 + dynamic loss scaling) and the bf16 CPU path."""
+    from clue_keras.config import TrainConfig
+    from clue_keras.train import make_optimizer
+
+    model = build_pretrainer(MC, policy)
+    opt = make_optimizer(TrainConfig(train_steps=10), policy)
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    model.compile(optimizer=opt)
+    before = [w.copy() for w in model.get_weights()]
+    # 12 steps: step 1 has learning rate 0 (warm-up), and under mixed_float16 the
+    # dynamic loss scale starts at 2^15 and skips the first overflowing steps.
+    ds = tf.data.Dataset.from_tensors({"token_ids": token_batch(b=8)}).repeat(12)
+    history = model.fit(ds, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+    assert model.encoder.token_embedding.embeddings.dtype == tf.float32
