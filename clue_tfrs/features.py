@@ -10,8 +10,6 @@ service order P and S.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -20,19 +18,12 @@ import pandas as pd
 import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from clue_keras.records import clean_behaviors
+from clue_keras.batch_embed import read_model_layout, user_text_row
 from clue_keras.tokenizer import register_text_ops
 
 
-def read_layout(model_dir: str) -> Tuple[List[str], int]:
-    """(services in P order, S) from the SavedModel's ``assets/clue_vocab.json``."""
-    path = os.path.join(model_dir, "assets", "clue_vocab.json")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: {model_dir} is not a CLUE SavedModel") from None
-    return list(info["services"]), int(info["max_items"])
+#: (services in P order, S) of a CLUE serving SavedModel, from its assets.
+read_layout = read_model_layout
 
 
 def user_text_tensor(behaviors: pd.DataFrame, services: Sequence[str], max_items: int
@@ -40,18 +31,17 @@ def user_text_tensor(behaviors: pd.DataFrame, services: Sequence[str], max_items
     """Users' cleaned histories as object [N, P, S] strings ("" = padding).
 
     Rows of services the model was not trained on are ignored. Returns the user
-    ids in sorted order and the array.
+    ids in sorted order and the array; each row is ``user_text_row`` (the same
+    cleaning as training and as the batch export).
     """
-    index = {s: i for i, s in enumerate(services)}
-    known = behaviors[behaviors["service"].isin(index)]
+    known = behaviors[behaviors["service"].isin(set(services))]
     user_ids = sorted(known["user_id"].astype(str).unique())
     out = np.full((len(user_ids), len(services), max_items), "", dtype=object)
     row_of = {u: i for i, u in enumerate(user_ids)}
     for uid, group in known.groupby(known["user_id"].astype(str), sort=False):
-        cleaned = clean_behaviors(
-            zip(group["service"], group["timestamp"], group["item_text"].fillna("")), max_items)
-        for service, texts in cleaned.items.items():
-            out[row_of[uid], index[service], : len(texts)] = texts
+        out[row_of[uid]] = user_text_row(
+            zip(group["service"], group["timestamp"], group["item_text"].fillna("")),
+            services, max_items)
     return user_ids, out
 
 

@@ -1,8 +1,9 @@
 """Beam batch embedding export, storage dtypes and the id-lookup SavedModel.
 
 Reference: ``clue_tfrs.features.user_features`` (cleaning by
-``user_text_tensor`` + direct ``serving_default`` calls), an independent path
-to the same numbers. Pipelines run on the in-memory DirectRunner to keep the
+``user_text_tensor`` + direct ``serving_default`` calls): the same per-user
+cleaning (``user_text_row``) but its own reading, grouping and batching, with
+no Beam. Pipelines run on the in-memory DirectRunner to keep the
 test fast on two cores; `clue bench serve` runs the multi-processing default.
 """
 
