@@ -44,6 +44,7 @@ class TrainResult:
     history: List[dict]
     eval_loss: Optional[float] = None
     resumed_from_step: int = 0
+    strategy: str = ""  # class name of the tf.distribute strategy that trained
 
 
 def make_schedule(tc: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -247,7 +248,8 @@ def train(
     epochs = math.ceil(tc.train_steps / steps_per_epoch)
     progress = _Progress(tc.log_every, tc.train_steps, printer)
     num_params = _count_params(model)
-    printer(f"CLUE: {num_params:,} parameters, policy {policy}, {replicas} replica(s), "
+    printer(f"CLUE: {num_params:,} parameters, policy {policy}, {replicas} replica(s) "
+            f"({type(strategy).__name__}), "
             f"global batch {tc.batch_size}")
     if resumed < tc.train_steps:
         if tc.train_steps % steps_per_epoch:
@@ -291,6 +293,7 @@ def train(
     save_keras_atomic(model, os.path.join(model_dir, "pretrainer.keras"))
     result = TrainResult(final_loss=final_loss, steps=int(model.optimizer.iterations.numpy()),
                          num_params=num_params, precision=policy, replicas=replicas,
+                         strategy=type(strategy).__name__,
                          history=progress.history, eval_loss=eval_loss,
                          resumed_from_step=resumed)
     write_json_atomic(os.path.join(model_dir, "train_result.json"), {

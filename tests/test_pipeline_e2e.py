@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clue_keras.config import get_preset
-from tfx_pipeline import cli
+from clue_keras.config import LOCAL_TRAIN, PRESETS, get_preset
+from clue_cli import main as cli
 from tfx_pipeline import local_runner
 from tfx_pipeline import pipeline as pl
-from tfx_pipeline.config import PipelineConfig
+from tfx_pipeline.config import PipelineConfig, TrainerSettings
 
 BEAM_IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 #: Components of the pipeline, in order.
@@ -180,8 +180,8 @@ def test_bad_input_stops_the_run_naming_column_and_file(tmp_path, case):
     config = PipelineConfig(
         pipeline_root=str(tmp_path / "pipeline"), data_root=str(data), data_format="csv",
         file_pattern="*.csv", serving_model_dir=str(tmp_path / "serving"),
-        metadata_path=str(tmp_path / "metadata.db"), train_steps=20, batch_size=4,
-        beam_pipeline_args=BEAM_IN_MEMORY)
+        metadata_path=str(tmp_path / "metadata.db"),
+        train=LOCAL_TRAIN.replace(train_steps=20, batch_size=4), beam_pipeline_args=BEAM_IN_MEMORY)
     with pytest.raises(Exception) as err:
         local_runner.run(config)
     assert expected.format(file=data / "behaviors.csv", dir=data) in str(err.value)
@@ -252,7 +252,9 @@ def test_create_pipeline_is_pure_and_gates_the_pusher_on_the_evaluator(tmp_path)
     assert [c.id for c in p.components] == COMPONENTS
     assert not os.listdir(tmp_path)  # building the definition touches no file
     nodes = {c.id: c for c in p.components}
-    assert nodes[pl.TRAINER].exec_properties["custom_config"] is not None
+    custom_config = json.loads(nodes[pl.TRAINER].exec_properties["custom_config"])
+    settings = TrainerSettings.from_custom_config(custom_config)
+    assert settings == TrainerSettings(preset="tiny", model=PRESETS["tiny"], train=LOCAL_TRAIN)
     assert p.beam_pipeline_args == list(config.beam_pipeline_args)
 
     evaluator, pusher = nodes[pl.EVALUATOR], nodes[pl.PUSHER]
@@ -282,6 +284,25 @@ def test_evaluation_paths_follow_the_synth_layout(tmp_path):
     assert (c.evaluation_task_dir, c.evaluation_data_dir) == ("/t", "/u")
     with pytest.raises(ValueError, match="eval_epochs must be >= 1, got 0"):
         PipelineConfig(data_root="/d", eval_epochs=0, **base)
+
+
+def test_config_resolves_the_preset_once_and_round_trips_the_trainer_settings():
+    base = dict(pipeline_root="p", serving_model_dir="s", data_root="/d")
+    c = PipelineConfig(**base)
+    assert c.model == PRESETS["tiny"] and c.train == LOCAL_TRAIN
+    c4 = c.replace(preset="clue-4m", precision="float32", cpu_replicas=2)
+    assert c4.model == PRESETS["clue-4m"]  # replace re-resolves the preset
+    settings = TrainerSettings.from_custom_config(json.loads(json.dumps(
+        c4.trainer_custom_config())))
+    assert (settings.model, settings.train, settings.precision, settings.cpu_replicas) == (
+        PRESETS["clue-4m"], LOCAL_TRAIN, "float32", 2)
+    with pytest.raises(ValueError, match=r"unknown Trainer custom_config keys \['steps'\]"):
+        TrainerSettings.from_custom_config({**c.trainer_custom_config(), "steps": 3})
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
+        PipelineConfig(precision="fp8", **base)
+    with pytest.raises(ValueError, match=r"train_steps \(30\) must be a multiple of "
+                                         r"checkpoint_every \(20\)"):
+        PipelineConfig(train=LOCAL_TRAIN.replace(train_steps=30, checkpoint_every=20), **base)
 
 
 def test_clue_compile_writes_a_kfp_v2_spec_naming_every_component_and_the_image(tmp_path):

@@ -11,7 +11,10 @@ import dataclasses
 import glob
 import os
 import posixpath
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+from clue_keras.config import (LOCAL_TRAIN, ModelConfig, TrainConfig, get_preset,
+                               model_config_from_dict, to_dict, train_config_from_dict)
 
 #: Input formats the pipeline's ExampleGen understands, by file extension.
 FORMAT_EXTENSIONS = {
@@ -29,9 +32,49 @@ DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
 )
 
 
+#: Values of ``precision`` (``auto`` picks by device, see `clue_keras.precision`).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What the Trainer's ``run_fn`` needs, as carried in ``custom_config``."""
+
+    preset: str
+    model: ModelConfig
+    train: TrainConfig
+    precision: str = "auto"
+    cpu_replicas: int = 1
+
+    def to_custom_config(self) -> Dict[str, Any]:
+        return {"preset": self.preset, "model": to_dict(self.model),
+                "train": to_dict(self.train), "precision": self.precision,
+                "cpu_replicas": self.cpu_replicas}
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Dict[str, Any]) -> "TrainerSettings":
+        """Inverse of `to_custom_config`; names the key at fault."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(custom_config) - known
+        if unknown:
+            raise ValueError(f"unknown Trainer custom_config keys {sorted(unknown)}; "
+                             f"known: {sorted(known)}")
+        missing = {"preset", "model", "train"} - set(custom_config)
+        if missing:
+            raise ValueError(f"Trainer custom_config lacks {sorted(missing)} "
+                             "(build it with PipelineConfig.trainer_custom_config())")
+        return cls(preset=str(custom_config["preset"]),
+                   model=model_config_from_dict(dict(custom_config["model"])),
+                   train=train_config_from_dict(dict(custom_config["train"])),
+                   precision=str(custom_config.get("precision", "auto")),
+                   cpu_replicas=int(custom_config.get("cpu_replicas", 1)))
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Configuration of the CLUE TFX pipeline.
+    """Configuration of the CLUE TFX pipeline: the one typed value every runner,
+    the CLI and the Trainer read. Defaults live here (and in `clue_keras.config`
+    for the model and training), and the CLI takes its defaults from here.
 
     Paths may be local or any filesystem TFX understands (``gs://`` ...).
 
@@ -45,14 +88,14 @@ class PipelineConfig:
       serving_model_dir: Pusher destination; TF Serving's model base path.
       metadata_path: SQLite MLMD file for local runs; None on Kubeflow (the
         orchestrator supplies the store).
-      preset: name of a `clue_keras.config.PRESETS` entry; fixes S
-        (``max_items``), L (``max_tokens``) and the BPE vocabulary size.
-      train_steps: optimizer steps of the Trainer.
-      batch_size: global batch (users per step, all replicas together).
-      learning_rate: AdamW peak learning rate (paper: 5e-4).
-      checkpoint_every: checkpoint interval in steps (``train_steps`` must be a
-        multiple of it; 0 = once at the end).
+      preset: name of a `clue_keras.config.PRESETS` entry; resolved once into
+        ``model`` (S = ``max_items``, L = ``max_tokens``, BPE vocabulary size).
+      model: the architecture; None (the default) means ``get_preset(preset)``.
+      train: optimisation (`clue_keras.config.TrainConfig`; default
+        `LOCAL_TRAIN`: 400 steps, batch 64, lr 2e-3, checkpoint at the end).
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+      cpu_replicas: MirroredStrategy over this many logical CPU devices when
+        there is no GPU (1 = the default strategy).
       min_items_per_user: activity threshold: users with fewer distinct items
         (after dedup and truncation, over all services) are dropped.
       min_services_per_user: users active in fewer services are dropped.
@@ -94,11 +137,10 @@ class PipelineConfig:
     file_pattern: str = "*"
     metadata_path: Optional[str] = None
     preset: str = "tiny"
-    train_steps: int = 200
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    checkpoint_every: int = 0
+    model: Optional[ModelConfig] = None
+    train: TrainConfig = LOCAL_TRAIN
     precision: str = "auto"
+    cpu_replicas: int = 1
     min_items_per_user: int = 2
     min_services_per_user: int = 1
     eval_percent: int = 10
@@ -111,7 +153,7 @@ class PipelineConfig:
     eval_task: str = "movies"
     eval_task_dir: Optional[str] = None
     eval_data_dir: Optional[str] = None
-    eval_epochs: int = 3
+    eval_epochs: int = 5
     eval_seed: int = 0
     margin_over_toppop: Optional[float] = 0.0
     margin_over_untrained: Optional[float] = 0.0
@@ -125,18 +167,34 @@ class PipelineConfig:
                 and self.eval_percent + self.test_percent < 100):
             raise ValueError(f"eval_percent={self.eval_percent} and test_percent="
                              f"{self.test_percent} must be >= 0 and sum to < 100")
-        for name in ("train_steps", "batch_size", "min_items_per_user",
-                     "min_services_per_user", "bpe_sample_size", "eval_epochs"):
+        for name in ("min_items_per_user", "min_services_per_user", "bpe_sample_size",
+                     "eval_epochs", "cpu_replicas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.checkpoint_every and self.train_steps % self.checkpoint_every:
-            raise ValueError(f"train_steps ({self.train_steps}) must be a multiple of "
-                             f"checkpoint_every ({self.checkpoint_every})")
+        for name in ("train_steps", "batch_size"):
+            if getattr(self.train, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+        if self.train.checkpoint_every and self.train.train_steps % self.train.checkpoint_every:
+            raise ValueError(f"train_steps ({self.train.train_steps}) must be a multiple of "
+                             f"checkpoint_every ({self.train.checkpoint_every})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.model is None:  # the preset is resolved here, once
+            object.__setattr__(self, "model", get_preset(self.preset))
         # Tuples keep the dataclass hashable and immutable when given lists.
         object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
 
     def replace(self, **kw) -> "PipelineConfig":
+        if "preset" in kw and "model" not in kw:
+            kw["model"] = None  # re-resolve the new preset
         return dataclasses.replace(self, **kw)
+
+    def trainer_custom_config(self) -> Dict[str, Any]:
+        """The Trainer's ``custom_config``: model, training and runtime settings,
+        serialised once here and read back by `TrainerSettings.from_custom_config`."""
+        return TrainerSettings(preset=self.preset, model=self.model, train=self.train,
+                               precision=self.precision,
+                               cpu_replicas=self.cpu_replicas).to_custom_config()
 
     @property
     def dataset_root(self) -> str:

@@ -13,9 +13,11 @@ from typing import Any, Dict, List, Optional
 
 from tfx_pipeline.config import PipelineConfig
 
-#: Name of the MLMD context type of one LocalDagRunner run.
-_RUN_CONTEXT_TYPE = "pipeline_run"
-_NODE_CONTEXT_TYPE = "node"
+from tfx_pipeline.mlmd_query import RUN_CONTEXT_TYPE as _RUN_CONTEXT_TYPE
+from tfx_pipeline.mlmd_query import custom_properties as _custom
+from tfx_pipeline.mlmd_query import node_ids as _node_ids
+from tfx_pipeline.mlmd_query import open_store as _store
+from tfx_pipeline.mlmd_query import outputs as _outputs
 
 
 @dataclasses.dataclass
@@ -45,6 +47,7 @@ class RunSummary:
         has the full values).
       pushed_to: the pushed model version's directory
         (``<serving_model_dir>/<unix time>``), or None.
+      log_path: the file third-party log output went to (quiet runs), or None.
     """
 
     run_id: str
@@ -59,6 +62,7 @@ class RunSummary:
     evaluation_uri: Optional[str] = None
     evaluation_table: Optional[str] = None
     mrr: Dict[str, float] = dataclasses.field(default_factory=dict)
+    log_path: Optional[str] = None
 
     #: Model name `serve_instructions` suggests for TF Serving / `clue serve`.
     MODEL_NAME = "clue"
@@ -100,6 +104,9 @@ class RunSummary:
                          + (f", held-out loss {t['eval_loss']:.4f}"
                             if t.get("eval_loss") is not None else "")
                          + f" ({self.model_uri})")
+            lines.append(f"  trained with {t.get('strategy') or 'the default strategy'} on "
+                         f"{t.get('replicas', 1)} replica(s), precision policy "
+                         f"{t.get('precision', '?')}")
         if self.evaluation_table:
             lines.append(f"  downstream evaluation ({self.evaluation_uri}):")
             lines.extend("    " + line if line else "" for line in
@@ -117,51 +124,9 @@ class RunSummary:
                 lines.extend("    " + c for c in self.serve_instructions())
             else:
                 lines.append("  blessed, but the Pusher did not push (see its log)")
+        if self.log_path:
+            lines.append(f"  full log: {self.log_path}")
         return "\n".join(lines)
-
-
-def _store(metadata_path: str):
-    import ml_metadata as mlmd
-    from tfx.orchestration import metadata
-
-    return mlmd.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
-
-
-def _node_ids(store, pipeline_name: str) -> Dict[int, str]:
-    """execution id -> component id, through the ``node`` contexts."""
-    out = {}
-    prefix = pipeline_name + "."
-    for ctx in store.get_contexts_by_type(_NODE_CONTEXT_TYPE):
-        if not ctx.name.startswith(prefix):
-            continue
-        for ex in store.get_executions_by_context(ctx.id):
-            out[ex.id] = ctx.name[len(prefix):]
-    return out
-
-
-def _outputs(store, execution_id: int) -> Dict[str, List[Any]]:
-    """Output artifacts of an execution, by output key."""
-    from ml_metadata.proto import metadata_store_pb2
-
-    events = store.get_events_by_execution_ids([execution_id])
-    ids = [e.artifact_id for e in events
-           if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
-    arts = {a.id: a for a in store.get_artifacts_by_id(ids)}
-    out: Dict[str, List[Any]] = {}
-    for e in events:
-        if e.artifact_id in arts and e.type in (metadata_store_pb2.Event.OUTPUT,
-                                                 metadata_store_pb2.Event.DECLARED_OUTPUT):
-            key = e.path.steps[0].key if e.path.steps else ""
-            out.setdefault(key, []).append(arts[e.artifact_id])
-    return out
-
-
-def _custom(artifact) -> Dict[str, Any]:
-    out = {}
-    for k, v in artifact.custom_properties.items():
-        kind = v.WhichOneof("value")
-        out[k] = getattr(v, kind) if kind in ("int_value", "double_value", "string_value") else None
-    return out
 
 
 def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
@@ -227,8 +192,14 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
                       evaluation_table=table, mrr=mrr)
 
 
-def run(config: PipelineConfig) -> RunSummary:
+def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = None,
+        stream=None) -> RunSummary:
     """Runs ``create_pipeline(config)`` with LocalDagRunner; returns the run's summary.
+
+    Prints one line per component as it starts and ends (`ComponentProgress`)
+    to ``stream`` (stdout). With ``verbose=False`` third-party output on standard
+    error goes to a log file in ``log_dir`` (default: beside the metadata store),
+    whose path is the summary's ``log_path``.
 
     Raises whatever a failing component raised (e.g. BehaviorPreprocess's
     `InputValidationError`); components after it do not run.
@@ -238,7 +209,20 @@ def run(config: PipelineConfig) -> RunSummary:
     from tfx import v1 as tfx
 
     from tfx_pipeline.pipeline import create_pipeline
+    from tfx_pipeline.progress import ComponentProgress
+    from tfx_pipeline.run_log import quiet_stderr
 
-    os.makedirs(os.path.dirname(os.path.abspath(config.metadata_path)), exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-    return summarize(config.metadata_path, config.pipeline_name)
+    metadata_dir = os.path.dirname(os.path.abspath(config.metadata_path))
+    os.makedirs(metadata_dir, exist_ok=True)
+    log_dir = log_dir or os.path.join(os.path.dirname(metadata_dir), "logs")
+    with quiet_stderr(log_dir, verbose=verbose) as log_path:
+        try:
+            with ComponentProgress(config.metadata_path, config.pipeline_name, stream=stream):
+                tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+        except BaseException as e:
+            if log_path:
+                e.clue_log_path = log_path  # the CLI names it next to the error
+            raise
+    summary = summarize(config.metadata_path, config.pipeline_name)
+    summary.log_path = log_path
+    return summary

@@ -27,7 +27,6 @@ from tfx.components.example_gen.custom_executors import parquet_executor
 from tfx.dsl.components.base import base_node
 from tfx.dsl.components.base import executor_spec
 
-from clue_keras.config import get_preset
 from components.behavior_preprocess.component import BehaviorPreprocess
 from components.clue_evaluator.component import ClueEvaluator
 from components.jsonl_example_gen import executor as jsonl_executor
@@ -99,7 +98,7 @@ def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode,
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """Builds the CLUE TFX pipeline from ``config`` (no side effects)."""
-    model_config = get_preset(config.preset)
+    model_config = config.model
 
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(
@@ -131,16 +130,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=preprocess.outputs["user_examples"],
-        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train.train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=10),
-        custom_config={
-            "preset": config.preset,
-            "train_steps": config.train_steps,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "checkpoint_every": config.checkpoint_every,
-            "precision": config.precision,
-        },
+        custom_config=config.trainer_custom_config(),
     ).with_id(TRAINER)
 
     components: List[base_node.BaseNode] = [

@@ -9,8 +9,9 @@ Reads from ``fn_args``:
   model_run_dir              checkpoints, TensorBoard logs, pretrainer.keras,
                              train_result.json (final loss, steps, params ...)
   serving_model_dir          the serving SavedModel (`clue_keras.export`)
-  custom_config              ``preset`` (required), ``train_steps``, ``batch_size``,
-                             ``checkpoint_every``, ``precision``, ``cpu_replicas``
+  custom_config              `tfx_pipeline.config.TrainerSettings` as written by
+                             ``PipelineConfig.trainer_custom_config()``: preset name,
+                             model and train configs, precision, cpu_replicas
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import os
 from typing import Any, Dict, List, Sequence
 
 from absl import logging
-
-#: Keys ``custom_config`` may hold.
-CUSTOM_CONFIG_KEYS = ("preset", "train_steps", "batch_size", "learning_rate", "checkpoint_every",
-                      "precision", "cpu_replicas")
 
 
 def vocab_dir_from_files(files: Sequence[str]) -> str:
@@ -46,24 +43,16 @@ def _examples_stats(vocab_dir: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-def _configs(custom_config: Dict[str, Any], fn_train_steps: int | None):
-    from clue_keras.config import TrainConfig, get_preset
+def _settings(custom_config: Dict[str, Any]):
+    """`TrainerSettings` from ``custom_config``, with the Trainer's normalisation:
+    ``checkpoint_every=0`` means once at the end, progress every <= 10 steps."""
+    from tfx_pipeline.config import TrainerSettings
 
-    unknown = set(custom_config) - set(CUSTOM_CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown Trainer custom_config keys {sorted(unknown)}; "
-                         f"known: {list(CUSTOM_CONFIG_KEYS)}")
-    if "preset" not in custom_config:
-        raise ValueError("Trainer custom_config must name a model 'preset'")
-    model_config = get_preset(custom_config["preset"])
-    steps = int(custom_config.get("train_steps") or fn_train_steps or TrainConfig.train_steps)
-    every = int(custom_config.get("checkpoint_every") or 0) or steps
-    train_config = TrainConfig(
-        batch_size=int(custom_config.get("batch_size", TrainConfig.batch_size)),
-        learning_rate=float(custom_config.get("learning_rate", TrainConfig.learning_rate)),
-        train_steps=steps, checkpoint_every=every,
-        log_every=max(1, min(TrainConfig.log_every, steps)))
-    return model_config, train_config
+    settings = TrainerSettings.from_custom_config(custom_config)
+    tc = settings.train
+    tc = tc.replace(checkpoint_every=tc.checkpoint_every or tc.train_steps,
+                    log_every=max(1, min(tc.log_every, tc.train_steps)))
+    return settings, tc
 
 
 def run_fn(fn_args) -> None:
@@ -76,8 +65,8 @@ def run_fn(fn_args) -> None:
     from clue_keras.export import export_saved_model
     from clue_keras.train import load_pretrainer, train
 
-    custom_config = dict(fn_args.custom_config or {})
-    model_config, train_config = _configs(custom_config, getattr(fn_args, "train_steps", None))
+    settings, train_config = _settings(dict(fn_args.custom_config or {}))
+    model_config = settings.model
     train_files: List[str] = list(fn_args.train_files)
     eval_files: List[str] = list(fn_args.eval_files or [])
     vocab_dir = vocab_dir_from_files(train_files)
@@ -87,13 +76,13 @@ def run_fn(fn_args) -> None:
         logging.warning("eval split has %d users < batch %d: no held-out loss",
                         users_eval, train_config.batch_size)
         eval_files = []
-    strategy = get_strategy(int(custom_config.get("cpu_replicas", 1)))
+    strategy = get_strategy(settings.cpu_replicas)
     logging.info("CLUE run_fn: preset %s, %d steps, batch %d, vocab %s",
-                 custom_config["preset"], train_config.train_steps,
+                 settings.preset, train_config.train_steps,
                  train_config.batch_size, vocab_dir)
     result = train(train_files, vocab_dir, model_config, train_config,
                    model_dir=fn_args.model_run_dir, eval_files=eval_files or None,
-                   strategy=strategy, precision=custom_config.get("precision", "auto"),
+                   strategy=strategy, precision=settings.precision,
                    printer=logging.info)
     logging.info("CLUE run_fn: final loss %.4f after %d steps, %d parameters",
                  result.final_loss, result.steps, result.num_params)
