@@ -192,6 +192,34 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
                       evaluation_table=table, mrr=mrr)
 
 
+def keep_inferred_schema(metadata_path: str, pipeline_name: str, schema_file: str
+                         ) -> Optional[str]:
+    """Copies the schema SchemaGen inferred in the newest run to ``schema_file``
+    (unless that file exists); returns the path written, or None.
+
+    The copy is the user's to curate (``tfdv`` or a text editor); runs given it
+    as ``PipelineConfig.schema_path`` validate new logs against it, so a lost
+    column or a changed type stops the run at ExampleValidator.
+    """
+    from clue_keras.atomic import write_text_atomic
+    from tfx_pipeline import pipeline as p
+
+    if os.path.exists(schema_file):
+        return None
+    store = _store(metadata_path)
+    node_of = _node_ids(store, pipeline_name)
+    executions = [i for i, name in node_of.items() if name == p.SCHEMA_GEN]
+    for execution_id in sorted(executions, reverse=True):
+        for artifact in _outputs(store, execution_id).get("schema", []):
+            inferred = os.path.join(artifact.uri, "schema.pbtxt")
+            if os.path.exists(inferred):
+                os.makedirs(os.path.dirname(os.path.abspath(schema_file)), exist_ok=True)
+                with open(inferred, encoding="utf-8") as f:
+                    write_text_atomic(schema_file, f.read())
+                return schema_file
+    return None
+
+
 def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = None,
         stream=None) -> RunSummary:
     """Runs ``create_pipeline(config)`` with LocalDagRunner; returns the run's summary.

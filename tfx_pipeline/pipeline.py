@@ -6,7 +6,7 @@ touches no file, so the same definition runs under LocalDagRunner
 
 ```
 ExampleGen (csv | jsonl | parquet | tfrecord)
-  -> StatisticsGen -> SchemaGen -> ExampleValidator
+  -> StatisticsGen -> SchemaGen (or ImportSchemaGen of a curated schema) -> ExampleValidator
   -> BehaviorPreprocess (Beam; fails on any anomaly / missing column / empty input)
   -> Trainer (tfx_pipeline.trainer_module.run_fn)
   -> Evaluator (ClueEvaluator: downstream task, ModelBlessing)
@@ -103,9 +103,13 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"],
-        infer_feature_shape=False).with_id(SCHEMA_GEN)
+    if config.schema_path:  # validate against the user's curated schema
+        schema_gen = tfx.components.ImportSchemaGen(
+            schema_file=config.schema_path).with_id(SCHEMA_GEN)
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"],
+            infer_feature_shape=False).with_id(SCHEMA_GEN)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"],
         schema=schema_gen.outputs["schema"]).with_id(EXAMPLE_VALIDATOR)
