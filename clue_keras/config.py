@@ -59,6 +59,10 @@ class TrainConfig:
         return dataclasses.replace(self, **kw)
 
 
+#: Precision policies: ``auto`` picks by device (see `clue_keras.precision`).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
 #: Training sized for the ``tiny`` preset on a 2-core machine: the defaults of
 #: `clue run`, `clue train` and `PipelineConfig` (a local run finishes in
 #: minutes). `TrainConfig()`'s own defaults are the paper's (lr 5e-4).

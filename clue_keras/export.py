@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Union
 
 import tensorflow as tf
 
-from clue_keras.atomic import publish_dir
+from clue_keras.atomic import atomic_dir
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.pretrainer import CLUEPretrainer
 
@@ -121,21 +119,13 @@ def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str
     """
     encoder = model.encoder if isinstance(model, CLUEPretrainer) else model
     export_dir = os.path.abspath(export_dir)
-    if os.path.isdir(export_dir) and os.listdir(export_dir):
-        raise FileExistsError(f"refusing to overwrite non-empty export dir {export_dir}")
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    module = CLUEServingModule(encoder, vocab_dir)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
+    with atomic_dir(export_dir, prefix=".tmp-export-") as tmp:
+        module = CLUEServingModule(encoder, vocab_dir)
         tf.saved_model.save(module, tmp, signatures={
             name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
         with open(os.path.join(tmp, "assets", MODEL_CONFIG_ASSET), "w") as f:
             json.dump(encoder.get_config(), f, indent=2, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish_dir(tmp, export_dir)
+    return export_dir
 
 
 def encoder_from_export(export_dir: str, seed: int = 0) -> CLUEEncoder:

@@ -2,59 +2,31 @@
 
 An item becomes ``L = max_tokens`` int ids (paper section 2.1)::
 
-    [service_token] + bpe(normalize_text(text))[: L - 1]   right-padded with 0 (<pad>)
+    [service_token] + bpe(clean_item_text(text))[: L - 1]   right-padded with 0 (<pad>)
 
-Two implementations produce these ids and must agree id for id:
+``clean_item_text`` (`clue_keras.text`): normalisation, then a cap at ``max_text_bytes``
+UTF-8 bytes (``clue_vocab.json``), so a 1 MB text costs what a 2 kB one does. Two
+implementations produce these ids and must agree id for id:
 
-* :class:`OfflineTokenizer` — HuggingFace ``tokenizers`` (Rust), used by the
-  Beam preprocessing and :mod:`clue_keras.prepare`: fast, pure Python API, no
-  TensorFlow.
-* :class:`InGraphTokenizer` — a ``tf.Module`` around keras-hub's
-  ``BytePairTokenizer``, used inside the exported serving signatures. Its saved
-  graph uses core TF ops plus ``RegexSplitWithOffsets`` only, which the old TF
-  Text linked into stock TF Serving provides (see :data:`ALLOWED_TFTEXT_OPS`,
-  :func:`graph_op_names`).
+* :class:`OfflineTokenizer` — HuggingFace ``tokenizers`` (Rust), used by the Beam
+  preprocessing and :mod:`clue_keras.data.prepare`: fast, no TensorFlow.
+* :class:`InGraphTokenizer` — a ``tf.Module`` around keras-hub's ``BytePairTokenizer``,
+  inside the exported serving signatures. Its saved graph uses core TF ops plus
+  ``RegexSplitWithOffsets`` only, which the old TF Text linked into stock TF Serving
+  provides (:data:`ALLOWED_TFTEXT_OPS`, :func:`graph_op_names`).
 
-How agreement is obtained
--------------------------
-``tokenizers``' ``ByteLevel`` pre-tokeniser uses the GPT-2 split regex (with a
-``\\s+(?!\\S)`` look-ahead); keras-hub emulates that regex in RE2, which has no
-look-ahead and whose ``\\s`` is ASCII only, and keras-hub uses U+096C as an
-internal marker. A fuzz test over random Unicode text found three classes of
-input where the two disagree, so before BPE both paths apply the same
-*BPE preparation* (:func:`prepare_for_bpe` / :func:`prepare_for_bpe_tf`) to
-the already normalised text:
+They agree because both apply the same *BPE preparation* (`clue_keras.text.prepare_for_bpe`,
+explained there) to the cleaned text, then run with ``add_prefix_space=False``.
 
-1. every non-ASCII Unicode ``White_Space`` character (:data:`UNICODE_SPACES`:
-   NBSP, U+2000..U+200A, U+3000, ...) becomes an ASCII space (not collapsed);
-2. U+096C DEVANAGARI DIGIT SIX becomes ASCII ``6`` (keras-hub's split marker;
-   it would otherwise vanish);
-3. NUL characters are removed (TF Text's regex split stops at a NUL);
-4. a non-empty text gets one leading ASCII space, so that the first word of an
-   item is tokenised like every other word (``add_prefix_space`` semantics,
-   done here rather than by either library because keras-hub's flag also
-   prefixes the empty string and ``tokenizers``' does not).
+Vocabulary artifact (``vocab_dir``): ``vocab.json``, ``merges.txt`` and ``clue_vocab.json``
+(:class:`VocabInfo`), special tokens first: ``<pad>`` = 0, ``<unk>`` = 1, ``<item>`` = 2,
+then ``<svc:NAME>`` for the sorted services. Special tokens are only ever prepended as
+ids, never produced by BPE, so a literal ``"<item>"`` in a text is ordinary text.
 
-Both libraries then run with ``add_prefix_space=False``. With this, the tests
-compare both paths on a few hundred texts (Korean, accents, emoji,
-punctuation, digits, repeated and exotic spaces, empty strings) and find them
-equal; BPE training sees the same prepared text. This preparation is part of
-``bpe(...)`` and is *not* text normalisation: :func:`normalize_text` stays
-exactly as docs/ARCHITECTURE.md states.
-
-Vocabulary artifact (``vocab_dir``): ``vocab.json``, ``merges.txt`` and
-``clue_vocab.json`` (:class:`VocabInfo`), special tokens first: ``<pad>`` = 0,
-``<unk>`` = 1, ``<item>`` = 2, then ``<svc:NAME>`` for the sorted services.
-Special tokens are never produced by BPE from text: they are only ever
-prepended as ids, so a literal ``"<item>"`` inside an item text is ordinary
-text for both paths.
-
-A Python process that *loads* such a SavedModel must register the TF Text op
-first: call :func:`register_text_ops` (``import tensorflow_text``) before
-``tf.saved_model.load``; TF Serving links it already.
-
-TensorFlow and keras-hub are imported lazily (``InGraphTokenizer`` is built on
-first access), so this module is cheap to import in Beam workers and the CLI.
+A process that *loads* such a SavedModel must first register the TF Text op:
+:func:`register_text_ops` before ``tf.saved_model.load`` (TF Serving links it already).
+TensorFlow and keras-hub are imported lazily (``InGraphTokenizer`` is built on first
+access), so this module is cheap to import in Beam workers and the CLI.
 """
 
 from __future__ import annotations
@@ -63,11 +35,13 @@ import dataclasses
 import itertools
 import json
 import os
-import re
 import tempfile
 from typing import Iterable, Iterator, List, Optional, Sequence, Set
 
-from clue_keras.atomic import write_text_atomic  # noqa: F401  (re-exported)
+from clue_keras.atomic import write_text_atomic
+from clue_keras.text import (DEFAULT_MAX_TEXT_BYTES, cap_text_bytes_tf, clean_item_text,
+                             normalize_text, normalize_text_tf,  # noqa: F401  (T.normalize_text)
+                             prepare_for_bpe, prepare_for_bpe_tf)
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<item>")
 PAD_ID = 0
@@ -80,59 +54,14 @@ INFO_FILE = "clue_vocab.json"
 # TF Text ops the serving graph may contain: stock TF Serving links TF Text 2.12.
 ALLOWED_TFTEXT_OPS = frozenset({"RegexSplitWithOffsets"})
 
-# Normalisation (docs/ARCHITECTURE.md): ASCII whitespace runs -> one space, strip.
-_WS_PATTERN = r"[ \t\n\r\f\v]+"
-_WS_RE = re.compile(_WS_PATTERN)
-
-# Non-ASCII characters with the Unicode White_Space property.
-UNICODE_SPACES = ("\x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
-                  + "\u2028\u2029\u202f\u205f\u3000")
-_DEVANAGARI_SIX = "\u096c"
-_PREPARE_TABLE = {ord(c): " " for c in UNICODE_SPACES}
-_PREPARE_TABLE[ord(_DEVANAGARI_SIX)] = "6"
-_PREPARE_TABLE[0] = None
-# RE2 versions of the same table, for the graph.
-_UNICODE_SPACES_RE2 = (r"[\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
-                       r"\x{202f}\x{205f}\x{3000}]")
+#: Most distinct words the in-graph BPE cache holds (about 80 bytes each in a
+#: serving process, so ~8 MB); see :class:`InGraphTokenizer`.
+DEFAULT_BPE_CACHE_WORDS = 100_000
 
 
 def service_token(name: str) -> str:
     """The special token of pre-training service ``name``: ``"<svc:NAME>"``."""
     return f"<svc:{name}>"
-
-
-def normalize_text(s: str) -> str:
-    """Collapses runs of ``[ \\t\\n\\r\\f\\v]`` to one space and strips both ends.
-
-    Nothing else (no case folding, no Unicode normalisation); byte-for-byte
-    equal to :func:`normalize_text_tf`.
-    """
-    return _WS_RE.sub(" ", s).strip(" ")
-
-
-def normalize_text_tf(t):
-    """Graph version of :func:`normalize_text`: tf.string of any shape -> same shape."""
-    import tensorflow as tf
-
-    t = tf.strings.regex_replace(t, _WS_PATTERN, " ")
-    return tf.strings.regex_replace(t, r"^ | $", "")
-
-
-def prepare_for_bpe(normalized: str) -> str:
-    """BPE preparation of a *normalised* text (see module docstring)."""
-    if not normalized:
-        return ""
-    return " " + normalized.translate(_PREPARE_TABLE)
-
-
-def prepare_for_bpe_tf(normalized):
-    """Graph version of :func:`prepare_for_bpe`: tf.string of any shape -> same shape."""
-    import tensorflow as tf
-
-    t = tf.strings.regex_replace(normalized, _UNICODE_SPACES_RE2, " ")
-    t = tf.strings.regex_replace(t, _DEVANAGARI_SIX, "6")
-    t = tf.strings.regex_replace(t, r"\x00", "")
-    return tf.where(tf.equal(normalized, ""), normalized, tf.strings.join([" ", t]))
 
 
 # ----------------------------------------------------------------------------- vocab info
@@ -149,6 +78,8 @@ class VocabInfo:
       vocab_size: V, number of ids (all ids are in ``[0, V)``).
       special_tokens: token -> id for ``<pad>``, ``<unk>``, ``<item>`` and
         every ``<svc:NAME>``.
+      max_text_bytes: item texts are cut to this many UTF-8 bytes before BPE
+        (0: no cap); :data:`DEFAULT_MAX_TEXT_BYTES` when the file lacks it.
     """
 
     services: tuple
@@ -156,6 +87,7 @@ class VocabInfo:
     max_tokens: int
     vocab_size: int
     special_tokens: dict
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
 
     def __post_init__(self):
         object.__setattr__(self, "services", tuple(self.services))
@@ -168,9 +100,10 @@ class VocabInfo:
         for s in self.services:
             if service_token(s) not in self.special_tokens:
                 raise ValueError(f"special_tokens lacks {service_token(s)!r}")
-        if self.max_items < 1 or self.max_tokens < 2:
-            raise ValueError(f"need max_items >= 1 and max_tokens >= 2, got "
-                             f"{self.max_items}, {self.max_tokens}")
+        if self.max_items < 1 or self.max_tokens < 2 or 0 < self.max_text_bytes < 4:
+            raise ValueError(f"need max_items >= 1, max_tokens >= 2 and max_text_bytes 0 (no cap)"
+                             f" or >= 4, got {self.max_items}, {self.max_tokens}, "
+                             f"{self.max_text_bytes}")
 
     def service_index(self, name: str) -> int:
         """Position of service ``name`` on the P axis; ValueError if unknown."""
@@ -196,6 +129,7 @@ class VocabInfo:
         return json.dumps({
             "services": list(self.services), "max_items": self.max_items,
             "max_tokens": self.max_tokens, "vocab_size": self.vocab_size,
+            "max_text_bytes": self.max_text_bytes,
             "special_tokens": self.special_tokens}, indent=2, sort_keys=True)
 
     @classmethod
@@ -207,7 +141,8 @@ class VocabInfo:
             raise ValueError(f"{source} lacks key(s) {missing}")
         return cls(services=tuple(d["services"]), max_items=int(d["max_items"]),
                    max_tokens=int(d["max_tokens"]), vocab_size=int(d["vocab_size"]),
-                   special_tokens={k: int(v) for k, v in d["special_tokens"].items()})
+                   special_tokens={k: int(v) for k, v in d["special_tokens"].items()},
+                   max_text_bytes=int(d.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES)))
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -248,7 +183,8 @@ def _load_vocab_and_merges(vocab_dir: str):
 
 
 def train_bpe(texts: Iterable[str], services: Sequence[str], vocab_size: int, out_dir: str,
-              max_items: int, max_tokens: int, min_frequency: int = 2) -> VocabInfo:
+              max_items: int, max_tokens: int, min_frequency: int = 2,
+              max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> VocabInfo:
     """Trains a byte-level BPE on ``texts`` and writes the vocab artifact to ``out_dir``.
 
     Args:
@@ -263,6 +199,7 @@ def train_bpe(texts: Iterable[str], services: Sequence[str], vocab_size: int, ou
         are written atomically.
       max_items, max_tokens: S and L recorded in ``clue_vocab.json``.
       min_frequency: minimum pair count for a merge.
+      max_text_bytes: the text cap, applied to the texts, recorded in ``clue_vocab.json``.
 
     Returns:
       The written :class:`VocabInfo`.
@@ -276,7 +213,8 @@ def train_bpe(texts: Iterable[str], services: Sequence[str], vocab_size: int, ou
     if vocab_size < 256 + len(specials):
         raise ValueError(f"vocab_size={vocab_size} is below the 256-byte alphabet plus "
                          f"{len(specials)} special tokens ({256 + len(specials)})")
-    prepared: Iterator[str] = (prepare_for_bpe(n) for n in map(normalize_text, texts) if n)
+    cleaned = (clean_item_text(t, max_text_bytes) for t in texts)
+    prepared: Iterator[str] = (prepare_for_bpe(n) for n in cleaned if n)
     first = next(prepared, None)
     if first is None:
         raise ValueError("train_bpe got no non-empty training text (after normalisation)")
@@ -290,7 +228,8 @@ def train_bpe(texts: Iterable[str], services: Sequence[str], vocab_size: int, ou
             raise RuntimeError(f"tokenizers gave special token {s!r} id {vocab.get(s)}, not {i}")
     info = VocabInfo(services=tuple(services), max_items=int(max_items),
                      max_tokens=int(max_tokens), vocab_size=len(vocab),
-                     special_tokens={s: i for i, s in enumerate(specials)})
+                     special_tokens={s: i for i, s in enumerate(specials)},
+                     max_text_bytes=int(max_text_bytes))
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_model(tmp)
         with open(os.path.join(tmp, VOCAB_FILE), encoding="utf-8") as f:
@@ -309,11 +248,8 @@ def train_bpe(texts: Iterable[str], services: Sequence[str], vocab_size: int, ou
 
 
 class OfflineTokenizer:
-    """Pure-Python (Rust ``tokenizers``) item tokenizer for preprocessing.
-
-    ``encode_item(text, service)`` -> list of 1..L ids (no padding), equal to
-    the unpadded prefix of :class:`InGraphTokenizer`'s row for the same input.
-    """
+    """Pure-Python (Rust ``tokenizers``) item tokenizer for preprocessing: ``encode_item(text,
+    service)`` -> 1..L ids, the unpadded prefix of :class:`InGraphTokenizer`'s row."""
 
     def __init__(self, vocab_dir: str):
         from tokenizers import Tokenizer, models, pre_tokenizers
@@ -331,7 +267,7 @@ class OfflineTokenizer:
         return self.info.service_token_id(service)
 
     def encode_item(self, text: str, service: Optional[str]) -> List[int]:
-        """Ids of one item: ``[service token] + bpe(normalize(text))[:L-1]``, unpadded.
+        """Ids of one item: ``[service token] + bpe(clean_item_text(text))[:L-1]``, unpadded.
 
         ``service=None`` uses ``<item>`` (items of services unseen in pre-training).
         """
@@ -343,8 +279,8 @@ class OfflineTokenizer:
         return [[sid] + ids[: self._max_bpe] for ids in self.bpe(texts)]
 
     def bpe(self, texts: Sequence[str]) -> List[List[int]]:
-        """``bpe(normalize(text))`` for each text: untruncated ids, no service token."""
-        prepared = [prepare_for_bpe(normalize_text(t)) for t in texts]
+        """``bpe(clean_item_text(text))`` for each text: untruncated ids, no service token."""
+        prepared = [prepare_for_bpe(clean_item_text(t, self.info.max_text_bytes)) for t in texts]
         return [e.ids for e in self._tok.encode_batch(prepared, add_special_tokens=False)]
 
 
@@ -390,18 +326,26 @@ def _make_in_graph_tokenizer_class():
         module's own ``tf.function``s and saved with the module. They are made
         per instance (not decorated methods, which hold only a weak reference
         to ``self``), so ``InGraphTokenizer(d).tokenize_users(x)`` works.
-        keras-hub keeps a ``MutableHashTable`` cache of word -> merges that
-        grows with the distinct words a serving process sees.
+
+        BPE cache: keras-hub's ``tokenize`` caches word -> merges in a ``MutableHashTable``
+        that grows with every distinct word a server ever sees. Here the table holds at
+        most ``cache_words`` words (emptied when a batch's new words would overflow it);
+        new words' merges are used directly, never read back, so ids equal keras-hub's,
+        also under concurrent requests. None: keras-hub's unbounded cache; 0: no cache.
         """
 
-        def __init__(self, vocab_dir: str, name: str = "clue_in_graph_tokenizer"):
+        def __init__(self, vocab_dir: str, name: str = "clue_in_graph_tokenizer",
+                     cache_words: Optional[int] = DEFAULT_BPE_CACHE_WORDS):
             super().__init__(name=name)
+            if cache_words is not None and cache_words < 0:
+                raise ValueError(f"cache_words must be >= 0 or None, got {cache_words}")
+            self.cache_words = cache_words
             self.info = load_vocab_info(vocab_dir)
             vocab, merges = _load_vocab_and_merges(vocab_dir)
             self.bpe = keras_hub.tokenizers.BytePairTokenizer(
                 vocabulary=vocab, merges=merges, sequence_length=None,
                 add_prefix_space=False, dtype="int32")
-            self.max_tokens = int(self.info.max_tokens)
+            self.max_tokens, self.max_text_bytes = self.info.max_tokens, self.info.max_text_bytes
             self.num_services = len(self.info.services)
             self.service_ids = tf.constant(self.info.service_token_ids, tf.int32)
             self.tokenize_items = tf.function(
@@ -419,17 +363,55 @@ def _make_in_graph_tokenizer_class():
 
         def _ids(self, normalized, service_ids):
             """normalized: string [N]; service_ids int32 [N] -> int32 [N, L]."""
-            ragged = self.bpe.tokenize(prepare_for_bpe_tf(normalized))     # [N, (tokens)]
+            ragged = self._bpe_tokenize(prepare_for_bpe_tf(normalized))    # [N, (tokens)]
             ragged = tf.cast(ragged[:, : self.max_tokens - 1], tf.int32)
             ids = tf.concat([tf.expand_dims(service_ids, 1), ragged], axis=1)
             return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_tokens])
 
+        def _bpe_tokenize(self, texts):
+            """``self.bpe.tokenize(texts)`` (string [N] -> ragged ids) with a bounded cache."""
+            if self.cache_words is None:
+                return self.bpe.tokenize(texts)
+            from keras_hub.src.tokenizers.byte_pair_tokenizer import split_strings_for_bpe
+
+            bpe, cache, limit = self.bpe, self.bpe.cache, self.cache_words
+            with tf.device("cpu"):
+                raw = split_strings_for_bpe(texts, bpe.unsplittable_tokens)   # [N, (words)]
+                cached = cache.lookup(raw.flat_values)                  # "" = not cached
+                unseen = tf.equal(cached, "") & tf.not_equal(raw.flat_values, "")
+
+                def merge_unseen():
+                    words, index = tf.unique(tf.boolean_mask(raw.flat_values, unseen))
+                    merged = tf.strings.reduce_join(
+                        bpe._bpe_merge(bpe._transform_bytes(words)), axis=1, separator=" ")
+                    if limit:   # empty the table if it would overflow, then insert
+                        n = tf.minimum(tf.size(words, out_type=tf.int64), limit)
+                        table = cache.id2value
+
+                        def empty():
+                            with tf.control_dependencies([table.remove(table.export()[0])]):
+                                return tf.constant(True)
+
+                        full = tf.cond(table.size() + n > limit, empty, lambda: tf.constant(False))
+                        with tf.control_dependencies([full]):
+                            cache.insert(words[:n], merged[:n])
+                    return tf.tensor_scatter_nd_update(cached, tf.where(unseen),
+                                                       tf.gather(merged, index))
+
+                merged = tf.cond(tf.reduce_any(unseen), merge_unseen, lambda: cached)
+                tokens = bpe.token_to_id_map.lookup(tf.strings.split(merged, sep=" "))
+                return tf.RaggedTensor.from_row_splits(
+                    tokens.flat_values, tf.gather(tokens.row_splits, raw.row_splits))
+
         def _tokenize_items(self, texts, service_ids):
             """texts: string [N]; service_ids: int32 [N] token ids -> int32 [N, L].
 
-            Row n is ``[service_ids[n]] + bpe(normalize(texts[n]))[:L-1]``, 0-padded.
+            Row n is ``[service_ids[n]] + bpe(clean_item_text(texts[n]))[:L-1]``, 0-padded.
             """
-            return self._ids(normalize_text_tf(texts), service_ids)
+            return self._ids(self._clean(texts), service_ids)
+
+        def _clean(self, texts):  # graph clean_item_text: normalise, cap at max_text_bytes
+            return cap_text_bytes_tf(normalize_text_tf(texts), self.max_text_bytes)
 
         def _tokenize_users(self, item_texts):
             """item_texts: string [B, P, S] -> int32 [B, P, S, L].
@@ -441,7 +423,7 @@ def _make_in_graph_tokenizer_class():
             tf.debugging.assert_equal(
                 shape[1], self.num_services,
                 message=f"item_texts must have P={self.num_services} services on axis 1")
-            normalized = normalize_text_tf(tf.reshape(item_texts, [-1]))
+            normalized = self._clean(tf.reshape(item_texts, [-1]))
             svc = tf.tile(self.service_ids[None, :, None], [shape[0], 1, shape[2]])
             ids = self._ids(normalized, tf.reshape(svc, [-1]))
             ids = ids * tf.cast(tf.not_equal(normalized, ""), tf.int32)[:, None]

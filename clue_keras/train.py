@@ -4,7 +4,9 @@
 benchmarks call. A killed run resumes from the newest checkpoint in
 ``model_dir/checkpoints`` with the same step count and learning-rate schedule
 (the optimizer's iteration counter is part of the checkpoint). The input
-pipeline is re-shuffled on resume rather than replayed.
+pipeline is replayed, not re-shuffled: its shuffle order is fixed by the seed,
+and the batches already trained on are skipped (``Dataset.skip``), so a resumed
+run sees exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import tensorflow as tf
 from clue_keras import config as cfg_lib
 from clue_keras.atomic import write_json_atomic
 from clue_keras.config import ModelConfig, TrainConfig
+from clue_keras.distribute import (adapt_keras_model, is_chief, is_multi_worker,
+                                   raise_peer_lost, shard_by_data, worker_dir)
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.precision import resolve_policy
 from clue_keras.pretrainer import CLUEPretrainer
@@ -60,12 +64,46 @@ def make_schedule(tc: TrainConfig) -> keras.optimizers.schedules.LearningRateSch
     )
 
 
+@keras.saving.register_keras_serializable(package="clue")
+class GlobalClipAdamW(keras.optimizers.AdamW):
+    """AdamW whose global-norm clipping applies to the gradient of the GLOBAL batch.
+
+    Keras' own ``global_clipnorm`` clips each replica's gradient before the
+    cross-replica sum, so under a strategy the update is the sum of N separately
+    clipped gradients, not the single-device update on the same global batch. Here
+    the clip follows the sum (the TensorFlow backend's ``_all_reduce_sum_gradients``,
+    which every update step calls; with one replica the sum is the identity).
+    """
+
+    def __init__(self, clip_global_norm: Optional[float] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.clip_global_norm = clip_global_norm
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
+        if not self.clip_global_norm:
+            return grads_and_vars
+        present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
+        # Dense first: the norm of IndexedSlices (embedding gradients) would count
+        # each of a row's repeated lookups separately.
+        clipped, _ = tf.clip_by_global_norm(
+            [tf.convert_to_tensor(grads_and_vars[i][0]) for i in present],
+            self.clip_global_norm)
+        for i, g in zip(present, clipped):
+            grads_and_vars[i] = (g, grads_and_vars[i][1])
+        return grads_and_vars
+
+    def get_config(self):
+        return {**super().get_config(), "clip_global_norm": self.clip_global_norm}
+
+
 def make_optimizer(tc: TrainConfig, policy: str) -> keras.optimizers.Optimizer:
     """AdamW with decoupled weight decay on every weight but the logit scale, global-norm
-    clipping, and dynamic loss scaling under ``mixed_float16``."""
-    opt = keras.optimizers.AdamW(
+    clipping of the global batch's gradient, and dynamic loss scaling under
+    ``mixed_float16``."""
+    opt = GlobalClipAdamW(
         learning_rate=make_schedule(tc), weight_decay=tc.weight_decay,
-        global_clipnorm=tc.clipnorm,
+        clip_global_norm=tc.clipnorm,
     )
     opt.exclude_from_weight_decay(var_names=["log_logit_scale"])
     if policy == "mixed_float16":
@@ -87,25 +125,31 @@ class _CheckpointEvery(keras.callbacks.Callback):
 
     CheckpointManager writes the data files first and the ``checkpoint`` index
     last, so a reader never sees a half-written checkpoint as the newest one.
+    Whether to save depends on the step only, never on what a directory holds:
+    every worker of a multi-worker job takes the same (collective) saves.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int):
         super().__init__()
         self.manager, self.every = manager, every
+        self._saved_at = None
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
+    def _save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+        self._saved_at = step
+
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
         if self.every and step % self.every == 0:
-            self.manager.save(checkpoint_number=step)
+            self._save(step)
 
     def on_train_end(self, logs=None):
         step = self._step()
-        latest = self.manager.latest_checkpoint
-        if not latest or not latest.endswith(f"-{step}"):
-            self.manager.save(checkpoint_number=step)
+        if step != self._saved_at:
+            self._save(step)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -199,8 +243,16 @@ def train(
     Writes ``model_dir/checkpoints/``, ``model_dir/logs/`` (TensorBoard),
     ``model_dir/pretrainer.keras`` (the whole task, Keras format, written
     atomically) and ``model_dir/train_result.json``.
+
+    Under a multi-worker ``strategy`` every worker calls this with the same
+    arguments (``model_dir`` on storage they share). Each global batch is the one a
+    single process would train on (see ``distribute.shard_by_data``). Every worker
+    runs every save, since saving reads variables collectively, but only the chief
+    writes ``model_dir``; the others write to ``distribute.worker_dir`` and delete
+    it when done. All resume from the chief's newest checkpoint. A lost worker
+    makes the others raise ``distribute.PeerLostError``.
     """
-    from clue_keras.data import make_dataset
+    from clue_keras.data.input import make_dataset
     from clue_keras.tokenizer import load_vocab_info
 
     vocab_info = load_vocab_info(vocab_dir)
@@ -224,23 +276,29 @@ def train(
         raise ValueError(f"global batch {tc.batch_size} is not divisible by {replicas} replicas")
     policy = resolve_policy(precision)
     keras.utils.set_random_seed(tc.seed)
-    os.makedirs(model_dir, exist_ok=True)
+    chief, multi_worker = is_chief(strategy), is_multi_worker(strategy)
+    out_dir = worker_dir(model_dir, strategy)   # model_dir on the chief, scratch elsewhere
+    if not chief and tf.io.gfile.exists(out_dir):
+        tf.io.gfile.rmtree(out_dir)             # left by a killed run
+    tf.io.gfile.makedirs(out_dir)
 
     ds = make_dataset(train_files, vocab_info, tc.batch_size, shuffle=True, repeat=True,
                       seed=tc.seed)
-    ds = ds.map(lambda x: {"token_ids": x["token_ids"]})
+    ds = shard_by_data(ds.map(lambda x: {"token_ids": x["token_ids"]}))
     with strategy.scope():
         model = build_pretrainer(model_config, policy)
         model.compile(optimizer=make_optimizer(tc, policy), jit_compile=False)
         model.optimizer.build(model.trainable_variables)
         ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"),
+    adapt_keras_model(model, strategy)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3)
     resumed = 0
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).expect_partial()
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))  # the chief's
+    if latest:
+        ckpt.restore(latest).expect_partial()
         resumed = int(model.optimizer.iterations.numpy())
-        printer(f"resumed from {manager.latest_checkpoint} at step {resumed}")
+        printer(f"resumed from {latest} at step {resumed}")
         # The shuffled stream is deterministic per seed: skip what was consumed so a
         # resumed run sees exactly the batches an uninterrupted run would.
         ds = ds.skip(resumed)
@@ -256,21 +314,26 @@ def train(
             raise ValueError(f"train_steps ({tc.train_steps}) must be a multiple of "
                              f"checkpoint_every ({steps_per_epoch})")
         try:
-            with _sigterm_as_interrupt():
+            with _sigterm_as_interrupt(), raise_peer_lost(strategy, "training"):
                 model.fit(
                     ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                     initial_epoch=resumed // steps_per_epoch, verbose=0,
                     callbacks=[_NonFinite(), progress,
                                _CheckpointEvery(manager, tc.checkpoint_every),
-                               keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
+                               keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"),
                                                            update_freq=tc.log_every),
                                *callbacks],
                 )
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM (e.g. a pre-empted pod): keep what was trained. A crash
             # or a non-finite loss saves nothing; the run resumes from the last periodic
-            # checkpoint.
+            # checkpoint. So does a multi-worker job: a save needs every worker, and
+            # the others were not interrupted with this one.
             step = int(model.optimizer.iterations.numpy())
+            if multi_worker:
+                printer(f"interrupted at step {step}; re-run every worker to resume from "
+                        "the last periodic checkpoint")
+                raise
             manager.save(checkpoint_number=step)
             printer(f"interrupted at step {step}; checkpoint saved, re-run to resume")
             raise
@@ -283,25 +346,31 @@ def train(
     if eval_files:
         eval_ds = make_dataset(eval_files, vocab_info, tc.batch_size, shuffle=False,
                                repeat=False)
-        eval_ds = eval_ds.map(lambda x: {"token_ids": x["token_ids"]}).take(eval_steps)
-        metrics = model.evaluate(eval_ds, verbose=0, return_dict=True)
+        eval_ds = shard_by_data(
+            eval_ds.map(lambda x: {"token_ids": x["token_ids"]}).take(eval_steps))
+        with raise_peer_lost(strategy, "evaluation"):
+            metrics = model.evaluate(eval_ds, verbose=0, return_dict=True)
         if "loss" in metrics:
             eval_loss = float(metrics["loss"])
             printer(f"held-out contrastive loss {eval_loss:.4f}")
         else:  # fewer held-out users than one global batch (batches drop the remainder)
             printer(f"held-out loss skipped: fewer eval users than one batch of {tc.batch_size}")
-    save_keras_atomic(model, os.path.join(model_dir, "pretrainer.keras"))
+    with raise_peer_lost(strategy, "saving"):
+        save_keras_atomic(model, os.path.join(out_dir, "pretrainer.keras"))
     result = TrainResult(final_loss=final_loss, steps=int(model.optimizer.iterations.numpy()),
                          num_params=num_params, precision=policy, replicas=replicas,
                          strategy=type(strategy).__name__,
                          history=progress.history, eval_loss=eval_loss,
                          resumed_from_step=resumed)
-    write_json_atomic(os.path.join(model_dir, "train_result.json"), {
-        **dataclasses.asdict(result),
-        "model_config": cfg_lib.to_dict(model_config),
-        "train_config": cfg_lib.to_dict(train_config),
-        "vocab_dir": vocab_dir,
-    })
+    if chief:
+        write_json_atomic(os.path.join(model_dir, "train_result.json"), {
+            **dataclasses.asdict(result),
+            "model_config": cfg_lib.to_dict(model_config),
+            "train_config": cfg_lib.to_dict(train_config),
+            "vocab_dir": vocab_dir,
+        })
+    else:
+        tf.io.gfile.rmtree(out_dir)
     return result
 
 

@@ -4,8 +4,11 @@ This package implements the paper's downstream protocol (sections 3.2, 4.1,
 4.2 and Table 3): per-task user splits and ``uni100`` negative sampling
 (:mod:`clue_tfrs.tasks`), ranking metrics (:mod:`clue_tfrs.metrics`), the
 downstream models U-MLP, T-UBM (BST-like), Hybrid and TopPop
-(:mod:`clue_tfrs.models`) and the entry point that trains them all and writes
-the results table (:mod:`clue_tfrs.evaluate`).
+(:mod:`clue_tfrs.models`), the protocol of one task (:mod:`clue_tfrs.protocol`),
+one helper that fits and scores any of those models (:mod:`clue_tfrs.fitting`),
+the results table and its files (:mod:`clue_tfrs.reporting`), the entry point
+that trains them all (:mod:`clue_tfrs.evaluate`) and the end-to-end run from a
+CLUE SavedModel (:mod:`clue_tfrs.run`).
 
 It is **Keras 2** code (``tf.keras`` backed by ``tf_keras``), because TFRS
 only works with Keras 2. The CLUE model itself is Keras 3 code
@@ -43,4 +46,4 @@ def _check_tf_keras_is_keras2() -> None:
 _check_tf_keras_is_keras2()
 del _check_tf_keras_is_keras2
 
-__all__ = ["evaluate", "metrics", "models", "tasks"]
+__all__ = ["evaluate", "features", "fitting", "metrics", "models", "protocol", "reporting", "run", "tasks"]

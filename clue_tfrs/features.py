@@ -1,16 +1,18 @@
 """Frozen CLUE features for the downstream models, read from a serving SavedModel.
 
-User features come from the ``serving_default`` signature (the same path TF
-Serving answers): each user's pre-training behaviour logs, cleaned exactly as
-in training (normalise, drop repeats, newest S per service), as a dense
-[B, P, S] string tensor. Item features come from ``embed_items``.
-The SavedModel is self-describing: ``<model>/assets/clue_vocab.json`` gives the
-service order P and S.
+User features come from the per-user records (`clue_tfrs.user_records`: the
+same cleaned, truncated, tokenised records the Trainer read) through the
+``embed_tokens`` signature (`record_features`). `user_features` computes them
+from raw logs through ``serving_default`` instead (the path TF Serving answers,
+kept as the reference of the batch export's tests). Item features come from
+``embed_items``. The SavedModel is self-describing:
+``<model>/assets/clue_vocab.json`` gives the service order P, S and L.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import os
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ import pandas as pd
 import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from clue_keras.batch_embed import read_model_layout, user_text_row
+from clue_keras.embeddings.user_rows import read_model_layout, user_text_row
 from clue_keras.tokenizer import register_text_ops
 
 
@@ -64,6 +66,37 @@ def user_features(model_dir: str, behaviors: pd.DataFrame, batch: int = 256
     fn = _load(model_dir).signatures["serving_default"]
     emb = _batched(lambda x: fn(item_texts=x)["embedding"].numpy(), texts, batch)
     return {u: emb[i] for i, u in enumerate(user_ids)}
+
+
+def record_features(model_dir: str, files: Sequence[str],
+                    users: Optional[Collection[str]] = None, batch: int = 256
+                    ) -> Dict[str, np.ndarray]:
+    """user_id -> float32 [P*D] L2-normalised embedding of each per-user record (embed_tokens).
+
+    Args:
+      model_dir: a CLUE serving SavedModel; its ``assets/clue_vocab.json`` gives
+        the [P, S, L] layout the records are read into.
+      files: gzipped per-user record files (`clue_tfrs.user_records.record_files`).
+      users: embed only these user ids (None: all).
+      batch: users per call.
+    """
+    from clue_keras.data.input import make_dataset
+    from clue_keras.tokenizer import load_vocab_info
+
+    info = load_vocab_info(os.path.join(model_dir, "assets"))
+    fn = _load(model_dir).signatures["embed_tokens"]
+    wanted = None if users is None else {str(u) for u in users}
+    out: Dict[str, np.ndarray] = {}
+    ds = make_dataset(list(files), info, batch, shuffle=False, repeat=False,
+                      drop_remainder=False)
+    for b in ds.as_numpy_iterator():
+        ids = [u.decode("utf-8") for u in b["user_id"]]
+        keep = np.array([wanted is None or u in wanted for u in ids], dtype=bool)
+        if not keep.any():
+            continue
+        emb = fn(token_ids=tf.constant(b["token_ids"][keep]))["embedding"].numpy()
+        out.update(zip((u for u, k in zip(ids, keep) if k), emb))
+    return out
 
 
 def item_features(model_dir: str, catalogue: pd.DataFrame, batch: int = 1024

@@ -27,6 +27,12 @@ Per-positive metrics (rank r, 1 = best):
 
 Averages are over test positives. All of this is plain NumPy.
 
+Per-positive values can be recomputed exactly from the two rank counts
+(:func:`metric_from_counts`), which is what a results file keeps. Two models
+scored on the same positives and candidates are compared with
+:func:`paired_bootstrap`: a bootstrap over test users of the difference of
+their mean metric, with percentile confidence bounds.
+
 Full-catalogue retrieval: :func:`factorized_top_k_accuracy` runs TFRS's
 ``FactorizedTopK`` metric over a ``BruteForce`` index of the whole catalogue
 (no sampling, no filtering of the user's other positives).
@@ -45,6 +51,8 @@ __all__ = [
     "ndcg_at_k",
     "reciprocal_rank",
     "ranking_metrics",
+    "metric_from_counts",
+    "paired_bootstrap",
     "factorized_top_k_accuracy",
 ]
 
@@ -85,16 +93,53 @@ def rank_counts(positive_scores, negative_scores) -> Tuple[np.ndarray, np.ndarra
     return greater, ties
 
 
+def _expected_from_counts(
+    greater: np.ndarray, ties: np.ndarray, num_negatives: int,
+    f: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """E[f(rank)] per positive from its rank counts (rank uniform over the tied block)."""
+    greater = np.asarray(greater, dtype=np.int64)
+    ties = np.asarray(ties, dtype=np.int64)
+    if greater.shape != ties.shape or greater.ndim != 1:
+        raise ValueError(f"greater and ties must be [N] arrays, got {greater.shape}, {ties.shape}")
+    if greater.size and (greater.min() < 0 or ties.min() < 0
+                         or (greater + ties).max() > num_negatives):
+        raise ValueError(f"rank counts out of range for {num_negatives} negatives")
+    ranks = np.arange(1, num_negatives + 2, dtype=np.float64)  # 1 .. K+1
+    # prefix[r] = f(1) + ... + f(r), prefix[0] = 0.
+    prefix = np.concatenate([[0.0], np.cumsum(f(ranks))])
+    return (prefix[greater + ties + 1] - prefix[greater]) / (ties + 1)
+
+
 def _expected_over_ties(
     positive_scores, negative_scores, f: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """E[f(rank)] per positive, rank uniform over the tied block. float64 [N]."""
     greater, ties = rank_counts(positive_scores, negative_scores)
-    num_negatives = np.asarray(negative_scores).shape[1]
-    ranks = np.arange(1, num_negatives + 2, dtype=np.float64)  # 1 .. K+1
-    # prefix[r] = f(1) + ... + f(r), prefix[0] = 0.
-    prefix = np.concatenate([[0.0], np.cumsum(f(ranks))])
-    return (prefix[greater + ties + 1] - prefix[greater]) / (ties + 1)
+    return _expected_from_counts(greater, ties, np.asarray(negative_scores).shape[1], f)
+
+
+#: Per-positive metric functions f(rank) by table row name (see ``metric_from_counts``).
+def _metric_function(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    if name == "MRR":
+        return lambda r: 1.0 / r
+    if name.startswith("HR@") and name[3:].isdigit():
+        k = int(name[3:])
+        return lambda r: (r <= k).astype(np.float64)
+    if name.startswith("NDCG@") and name[5:].isdigit():
+        k = int(name[5:])
+        return lambda r: np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+    raise ValueError(f"unknown per-positive metric {name!r}; use MRR, HR@k or NDCG@k")
+
+
+def metric_from_counts(name: str, greater, ties, num_negatives: int) -> np.ndarray:
+    """Per-positive ``name`` ("MRR", "HR@k", "NDCG@k") from :func:`rank_counts`. float64 [N].
+
+    Exactly what :func:`reciprocal_rank`, :func:`hit_rate_at_k` and
+    :func:`ndcg_at_k` give from the scores, so the rank counts (two small
+    integers per positive) are all a results file needs to keep.
+    """
+    return _expected_from_counts(greater, ties, num_negatives, _metric_function(name))
 
 
 def expected_rank(positive_scores, negative_scores) -> np.ndarray:
@@ -159,6 +204,78 @@ def ranking_metrics(
         out[f"NDCG@{k}"] = float(np.mean(ndcg_at_k(pos, neg, k)))
     out["MRR"] = float(np.mean(reciprocal_rank(pos, neg)))
     return out
+
+
+def paired_bootstrap(
+    model_values,
+    baseline_values,
+    groups,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    chunk: int = 250,
+) -> Dict[str, float]:
+    """Paired cluster bootstrap of ``mean(model) - mean(baseline)`` over groups (test users).
+
+    Both models were scored on the same positives against the same candidates,
+    so the comparison is paired: per positive n the difference
+    ``d_n = model_values[n] - baseline_values[n]``. A user's positives are not
+    independent, so the resampling unit is the *group* (the test user): each
+    of ``resamples`` replicates draws G users with replacement
+    (``np.random.default_rng(seed).integers(0, G, size=G)``, replicate after
+    replicate) and takes the mean of ``d`` over all their positives,
+    ``sum_g D_g / sum_g n_g``; the point estimate is the plain mean of ``d``
+    (the difference of the table's two values).
+
+    Percentile bounds: ``lower`` is the ``1 - confidence`` quantile of the
+    replicates (a one-sided lower confidence bound: the difference exceeds it
+    with probability ``confidence``), ``upper`` the ``confidence`` quantile.
+
+    Args:
+      model_values, baseline_values: float [N] per-positive metric values.
+      groups: [N] the group (user) of each positive, any hashable values.
+      confidence: in (0.5, 1).
+      resamples: number of bootstrap replicates (>= 1).
+      seed: the replicates are a deterministic function of the inputs and seed.
+      chunk: replicates drawn per NumPy call (memory only; results do not depend on it).
+
+    Returns:
+      ``{"difference", "lower", "upper", "confidence", "resamples", "seed",
+      "groups", "positives"}``.
+    """
+    a = np.asarray(model_values, dtype=np.float64)
+    b = np.asarray(baseline_values, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(groups) != len(a):
+        raise ValueError(f"need three [N] arrays of one length, got {a.shape}, {b.shape}, "
+                         f"{np.shape(groups)}")
+    if len(a) == 0:
+        raise ValueError("no positives to compare (N = 0)")
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    num_groups = int(group_of.max()) + 1
+    d = a - b
+    sums = np.bincount(group_of, weights=d, minlength=num_groups)   # D_g
+    sizes = np.bincount(group_of, minlength=num_groups).astype(np.float64)  # n_g
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        picks = np.stack([rng.integers(0, num_groups, size=num_groups)
+                          for _ in range(start, stop)])
+        stats[start:stop] = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    return {
+        "difference": float(d.mean()),
+        "lower": float(np.quantile(stats, 1.0 - confidence)),
+        "upper": float(np.quantile(stats, confidence)),
+        "confidence": float(confidence),
+        "resamples": int(resamples),
+        "seed": int(seed),
+        "groups": num_groups,
+        "positives": int(len(d)),
+    }
 
 
 def factorized_top_k_accuracy(

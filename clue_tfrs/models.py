@@ -279,9 +279,11 @@ class SequenceModel(DownstreamModel):
         self.output_projection = tf.keras.layers.Dense(hidden_size, name="output_projection")
 
     def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
-        history = tf.cast(features["history"], tf.int32)  # [B, T]
+        history = tf.cast(features["history"], tf.int32)  # [B, T'], T' <= T
         mask = history > 0
-        positions = tf.range(tf.shape(history)[1])
+        # Right-aligned: the last column is position T - 1 whatever T' is, so a
+        # history cut to its real items scores exactly as the full-width one.
+        positions = tf.range(self.max_history - tf.shape(history)[1], self.max_history)
         x = self.item_embedding(history) + self.position_embedding(positions)[None]
         x = self.input_dropout(self.input_norm(x), training=training)
         for block in self.blocks:

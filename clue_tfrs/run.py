@@ -1,35 +1,55 @@
-"""One downstream evaluation end to end: features from the SavedModel, the
-untrained-encoder baseline, every model of the table, outputs and blessing.
+"""One downstream evaluation end to end: the task, user features of the per-user
+records through the SavedModel, the untrained-encoder baseline on the same
+records, every model of the table, and its output files.
 
-Shared by ``clue evaluate`` and the TFX ``ClueEvaluator`` component.
+Shared by ``clue evaluate``, the scaling study and the TFX ``ClueEvaluator``
+component. Whether the model is blessed is not decided here: that is the
+pipeline's gate (``components.clue_evaluator.blessing``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-from clue_tfrs import evaluate as eval_lib
 from clue_tfrs import features
 from clue_tfrs import tasks as tasks_lib
+from clue_tfrs import user_records
+from clue_tfrs.evaluate import evaluate_task
+from clue_tfrs.protocol import EvalConfig
+from clue_tfrs.reporting import ResultsTable, write_results
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class EvaluationOutcome:
-    table: "eval_lib.ResultsTable"
-    blessed: bool
-    reason: str
+    """The results table and, when an output directory was given, its files
+    (``{"json", "md", "png"}`` -> path)."""
+
+    table: ResultsTable
     paths: Dict[str, str]
 
 
-def default_behaviors_dir(task_dir: str) -> str:
-    """``DATA/downstream/<task>`` -> ``DATA`` (the `clue synth` layout)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(task_dir)))
+def default_behaviors_dir(task: str) -> str:
+    """The `clue synth` data directory of a task: ``DATA/downstream/<task>`` (or a file
+    in it) -> ``DATA``."""
+    folder = os.path.abspath(task)
+    if os.path.isfile(folder):
+        folder = os.path.dirname(folder)
+    return os.path.dirname(os.path.dirname(folder))
+
+
+def task_label(task: str) -> str:
+    """A task's name for the table: its directory's name, or its file's name up to the
+    first dot (``.../movies`` -> ``movies``, ``.../views.csv.gz`` -> ``views``)."""
+    name = os.path.basename(task.rstrip("/"))
+    return name.split(".")[0] if os.path.isfile(task) else name
 
 
 def export_untrained(model_dir: str, out_dir: str, seed: int = 0) -> str:
@@ -40,43 +60,81 @@ def export_untrained(model_dir: str, out_dir: str, seed: int = 0) -> str:
     return export_saved_model(encoder, os.path.join(model_dir, "assets"), out_dir)
 
 
-def run_evaluation(model_dir: str, task_dir: str, out_dir: Optional[str] = None,
+def _load_task(task: Optional[str], task_examples: Optional[Sequence[str]],
+               catalogue_examples: Optional[Sequence[str]], name: str):
+    if task_examples:
+        from clue_tfrs.task_examples import load_task_examples
+
+        return load_task_examples(task_examples, catalogue_examples, source=f"task {name!r}")
+    if not task:
+        raise ValueError("run_evaluation needs a task: a task file or directory, or "
+                         "task_examples (ExampleGen record files)")
+    return tasks_lib.load_task(task)
+
+
+def _record_files(model_dir: str, records, data_dir: Optional[str], task: Optional[str],
+                  tmp: str, min_items: int, min_services: int):
+    """The per-user record files: ``records`` (checked against the model's vocabulary),
+    else the raw logs of ``data_dir`` (default: the task's `clue synth` data directory)
+    encoded with the model's vocabulary into ``tmp``."""
+    if records is not None:
+        if isinstance(records, str):
+            user_records.check_vocabulary(records, model_dir)
+        return user_records.record_files(records)
+    if not data_dir and not task:
+        raise ValueError("run_evaluation needs user records (records=) or behaviour logs "
+                         "(data_dir=) when the task comes as task_examples")
+    path = os.path.join(tmp, "records", "users.tfrecord.gz")
+    counts = user_records.encode_behaviors(data_dir or default_behaviors_dir(task), model_dir,
+                                           path, min_items=min_items,
+                                           min_services=min_services)
+    log.info("user records from raw logs: %s", counts)
+    return [path]
+
+
+def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional[str] = None,
                    data_dir: Optional[str] = None, epochs: int = 3, seed: int = 0,
-                   margin_over_toppop: Optional[float] = 0.0,
-                   margin_over_untrained: Optional[float] = 0.0,
-                   sequence_models: bool = True,
-                   config: Optional["eval_lib.EvalConfig"] = None) -> EvaluationOutcome:
-    """Evaluates the CLUE SavedModel at ``model_dir`` on the task at ``task_dir``.
+                   sequence_models: bool = True, config: Optional[EvalConfig] = None,
+                   records: Union[None, str, Sequence[str]] = None,
+                   task_examples: Optional[Sequence[str]] = None,
+                   catalogue_examples: Optional[Sequence[str]] = None,
+                   task_name: Optional[str] = None, min_items: int = 2,
+                   min_services: int = 1) -> EvaluationOutcome:
+    """Evaluates the CLUE SavedModel at ``model_dir`` on one downstream task.
 
-    ``data_dir`` holds the pre-training behaviour logs the user features are
-    computed from (default: two levels above the task, as `clue synth` lays out).
+    The task: ``task``, a file or directory (`clue_tfrs.tasks.load_task`), or
+    ``task_examples``, the ExampleGen record files of its interactions (and
+    ``catalogue_examples`` of its catalogue; without, the catalogue is derived
+    from the interactions): `clue_tfrs.task_examples`.
+
+    The users: ``records``, a records directory (every split) or record files,
+    embedded through ``embed_tokens`` (`clue_tfrs.features.record_features`);
+    else the raw behaviour logs of ``data_dir`` (default: two levels above the
+    task, as `clue synth` lays out), cleaned and tokenised with the model's
+    vocabulary first (`clue_tfrs.user_records.encode_behaviors`, activity
+    threshold ``min_items`` / ``min_services``). The untrained-encoder baseline
+    embeds the same records. Task users without a record are cold-start.
+
+    With ``out_dir``, results.json / results.md / results.png are written there.
     """
-    from clue_keras.synth import read_behaviors
-
-    data_dir = data_dir or default_behaviors_dir(task_dir)
-    interactions, catalogue = tasks_lib.load_task(task_dir)
-    behaviors = read_behaviors(data_dir)
-    with tempfile.TemporaryDirectory(prefix="clue-untrained-") as tmp:
+    name = task_name or (task_label(task) if task else "task")
+    interactions, catalogue = _load_task(task, task_examples, catalogue_examples, name)
+    users = set(interactions["user_id"])
+    with tempfile.TemporaryDirectory(prefix="clue-eval-") as tmp:
+        files = _record_files(model_dir, records, data_dir, task, tmp, min_items, min_services)
         untrained = export_untrained(model_dir, os.path.join(tmp, "model"), seed=seed)
         sets = {
-            "CLUE": (features.user_features(model_dir, behaviors),
+            "CLUE": (features.record_features(model_dir, files, users),
                      features.item_features(model_dir, catalogue)),
-            "Untrained": (features.user_features(untrained, behaviors),
+            "Untrained": (features.record_features(untrained, files, users),
                           features.item_features(untrained, catalogue)),
         }
-    cfg = config or eval_lib.EvalConfig()
+    log.info("user features for %d of the task's %d users (the rest are cold-start)",
+             len(sets["CLUE"][0]), len(users))
+    cfg = config or EvalConfig()
     if not sequence_models:
         cfg = dataclasses.replace(cfg, run_sequence_models=False)
-    table = eval_lib.evaluate_task(interactions, catalogue, sets, seed=seed, epochs=epochs,
-                                   config=cfg, task_name=os.path.basename(task_dir.rstrip("/")))
-    blessed, reason = eval_lib.blessing_decision(
-        table, margin_over_toppop=margin_over_toppop, margin_over_untrained=margin_over_untrained)
-    paths = {}
-    if out_dir:
-        paths = eval_lib.write_results(table, out_dir)
-        tmp_path = os.path.join(out_dir, "blessing.json.tmp")
-        with open(tmp_path, "w") as f:
-            json.dump({"blessed": blessed, "reason": reason}, f, indent=2)
-        os.replace(tmp_path, os.path.join(out_dir, "blessing.json"))
-        paths["blessing"] = os.path.join(out_dir, "blessing.json")
-    return EvaluationOutcome(table=table, blessed=blessed, reason=reason, paths=paths)
+    table = evaluate_task(interactions, catalogue, sets, seed=seed, epochs=epochs,
+                          config=cfg, task_name=name)
+    paths = write_results(table, out_dir) if out_dir else {}
+    return EvaluationOutcome(table=table, paths=paths)

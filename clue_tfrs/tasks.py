@@ -1,15 +1,17 @@
 """Downstream task data: loading, user splits, examples and negative sampling.
 
 A downstream task (paper 3.2.1) is a table of interactions in one service that
-was not used in pre-training, plus the service's item catalogue:
+was not used in pre-training, and optionally the service's item catalogue:
 
 * interactions: ``user_id``, ``item_id``, ``timestamp`` (int, unix seconds)
   and optionally ``item_text``;
-* catalogue: ``item_id`` and optionally ``item_text``, ``topic``.
+* catalogue: ``item_id`` and optionally ``item_text``, ``topic``; without
+  one, the distinct items of the interactions with their newest text.
 
 `clue synth` writes them as ``DIR/downstream/<task>/interactions.<fmt>`` and
-``DIR/downstream/<task>/catalogue.jsonl`` (:func:`load_task`). User and item
-ids are compared as strings everywhere.
+``DIR/downstream/<task>/catalogue.jsonl``; :func:`load_task` reads a task file
+or directory, `clue_tfrs.task_examples` the same task from ExampleGen records
+(the pipeline). User and item ids are compared as strings everywhere.
 
 Protocol (documented here once, used by every model):
 
@@ -34,12 +36,13 @@ Protocol (documented here once, used by every model):
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+
+from clue_keras.data.formats import INTERACTION_COLUMNS
+from clue_keras.data.tables import read_task
 
 __all__ = [
     "INTERACTION_COLUMNS",
@@ -55,82 +58,29 @@ __all__ = [
     "sample_training_negatives",
 ]
 
-INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
-_INTERACTION_FORMATS = ("parquet", "jsonl", "csv", "tfrecord")
-
-
 # --------------------------------------------------------------------------
 # Loading and validation
 # --------------------------------------------------------------------------
 
 
-def _read_table(path: str) -> pd.DataFrame:
-    ext = path.rsplit(".", 1)[-1].lower()
-    try:
-        if ext == "csv":
-            return pd.read_csv(path, dtype={"user_id": str, "item_id": str})
-        if ext == "jsonl":
-            return pd.read_json(path, lines=True, dtype={"user_id": str, "item_id": str})
-        if ext == "parquet":
-            return pd.read_parquet(path)
-        if ext == "tfrecord":
-            return _read_tfrecord(path)
-    except (ValueError, OSError) as e:  # pandas / pyarrow parse errors
-        raise ValueError(f"cannot read {path}: {e}") from e
-    raise ValueError(f"{path}: unsupported format {ext!r}; use one of {_INTERACTION_FORMATS}")
+def load_task(task: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Loads a task's interactions and catalogue (`clue_keras.data.tables.read_task`).
 
-
-def _read_tfrecord(path: str) -> pd.DataFrame:
-    """Reads tf.train.Example records with scalar features into a DataFrame."""
-    import tensorflow as tf
-
-    rows: List[Dict[str, object]] = []
-    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        example = tf.train.Example.FromString(raw)
-        row: Dict[str, object] = {}
-        for key, feature in example.features.feature.items():
-            kind = feature.WhichOneof("kind")
-            values = list(getattr(feature, kind).value) if kind else []
-            if len(values) != 1:
-                raise ValueError(
-                    f"{path}: feature {key!r} must hold exactly one value per record, "
-                    f"got {len(values)}"
-                )
-            value = values[0]
-            row[key] = value.decode("utf-8") if isinstance(value, bytes) else value
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def load_task(task_dir: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """Loads ``interactions.<fmt>`` and ``catalogue.jsonl`` from a task folder.
+    Any format of `clue_keras.data.formats.FORMATS`; errors name the file and column.
 
     Args:
-      task_dir: ``DIR/downstream/<task>`` as written by ``clue synth``.
+      task: the interactions file (any name), or a directory holding it
+        (``interactions.<fmt>`` or the one table file) and optionally
+        ``catalogue.<fmt>``, e.g. ``DIR/downstream/<task>`` as ``clue synth``
+        writes it. Without a catalogue, the catalogue is the distinct items of
+        the interactions with their newest non-blank text.
 
     Returns:
       ``(interactions, catalogue)`` DataFrames, validated by
       :func:`validate_task` (ids as strings, timestamps int64).
     """
-    found = [
-        p
-        for fmt in _INTERACTION_FORMATS
-        for p in glob.glob(os.path.join(task_dir, f"interactions.{fmt}"))
-    ]
-    if not found:
-        raise FileNotFoundError(
-            f"no interactions.<{'|'.join(_INTERACTION_FORMATS)}> in {task_dir}"
-        )
-    if len(found) > 1:
-        raise ValueError(f"{task_dir}: several interaction files, expected one: {found}")
-    catalogue_path = os.path.join(task_dir, "catalogue.jsonl")
-    if not os.path.exists(catalogue_path):
-        raise FileNotFoundError(f"no catalogue.jsonl in {task_dir}")
-    interactions = _read_table(found[0])
-    catalogue = _read_table(catalogue_path)
-    return validate_task(
-        interactions, catalogue, source=f"{found[0]} / {catalogue_path}"
-    )
+    interactions, catalogue = read_task(task)
+    return validate_task(interactions, catalogue, source=task)
 
 
 def validate_task(

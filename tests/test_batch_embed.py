@@ -16,10 +16,9 @@ import shutil
 import numpy as np
 import pytest
 
-from clue_keras import synth
-from clue_keras.batch_embed import (MANIFEST_FILE, dequantize, export_embeddings, max_error_bound,
-                                    quantize, read_embeddings)
-from clue_keras.bench_serve import export_untrained_model
+from clue_keras.embeddings.batch import export_embeddings
+from clue_keras.embeddings.table import (MANIFEST_FILE, dequantize, max_error_bound, quantize,
+                                         read_embeddings)
 
 slow = pytest.mark.slow  # shared fixture: synth + export + three Beam runs, ~1 min on 2 cores
 
@@ -62,23 +61,21 @@ def test_float_dtypes_and_bad_dtype():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """~100 synthetic users, an untrained tiny export, and the reference embeddings."""
+def setup(tiny_clue, tmp_path_factory):
+    """100 synthetic users in 3 behaviour shards, an untrained tiny export (conftest's
+    ``tiny_clue``), and the reference embeddings."""
     from clue_tfrs.features import user_features
 
     root = tmp_path_factory.mktemp("batch_embed")
-    data = str(root / "data")
-    synth.generate(data, users=100, seed=5, tasks=(), users_per_shard=40)  # 3 behaviour shards
-    behaviors = synth.read_behaviors(data)
-    model = export_untrained_model(str(root / "model"), behaviors, seed=0)
-    reference = user_features(model, behaviors)
-    return root, data, model, reference
+    model = tiny_clue.export(seed=0)
+    reference = user_features(model, tiny_clue.behaviors)
+    return root, tiny_clue.data_dir, model, reference
 
 
 @pytest.fixture(scope="module")
 def exports(setup):
     """float32 via the Python API (2 shards); float16 and int8 (+ lookup model) via the CLI."""
-    from tfx_pipeline.cli import main
+    from clue_cli.main import main
 
     root, data, model, _ = setup
     out = {"float32": str(root / "out" / "emb_f32")}
@@ -138,11 +135,8 @@ def test_export_matches_direct_serving_calls(setup, exports, dtype, record_prope
 
 
 @slow
-def test_lookup_model_direct_and_served(setup, exports):
+def test_lookup_model_direct_and_served(setup, exports, start_serving):
     import tensorflow as tf
-
-    from clue_keras.serving.client import CLUEClient
-    from clue_keras.serving.server import serve
 
     root, _, _, _ = setup
     base = str(root / "lookup")
@@ -158,13 +152,13 @@ def test_lookup_model_direct_and_served(setup, exports):
     np.testing.assert_allclose(out["embedding"].numpy(), want, atol=1e-6, rtol=0)
     assert out["found"].numpy().tolist() == want_found
 
-    server = serve(base, "lookup", port=0, poll_seconds=0.05)
+    served = start_serving(None, "lookup", base_path=base, local=True)  # version 1 is there
     try:
-        with CLUEClient(server.address, "lookup") as client:
+        with served.client() as client:
             got = client.predict({"user_id": np.array(ids, dtype=object)})
             everyone = client.predict({"user_id": np.array(table.user_ids, dtype=object)})
     finally:
-        server.stop(grace=0)
+        served.stop()
     np.testing.assert_allclose(got["embedding"], want, atol=1e-6, rtol=0)
     assert got["found"].tolist() == want_found
     assert everyone["found"].all()
@@ -173,7 +167,7 @@ def test_lookup_model_direct_and_served(setup, exports):
 
 @slow
 def test_failed_runs_leave_no_output(setup, tmp_path, capsys):
-    from tfx_pipeline.cli import main
+    from clue_cli.main import main
 
     _, data, model, _ = setup
     out = tmp_path / "emb"
@@ -201,7 +195,7 @@ def test_failed_runs_leave_no_output(setup, tmp_path, capsys):
 
 @slow
 def test_lookup_model_rejects_bad_exports(setup, exports, tmp_path):
-    from clue_keras.lookup_model import build_lookup_model
+    from clue_keras.embeddings.lookup_model import build_lookup_model
 
     src = exports["float16"]
     with pytest.raises(FileNotFoundError, match="no manifest"):

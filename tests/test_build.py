@@ -169,7 +169,7 @@ def test_labels_point_at_targets_and_requirements_are_locked(build):
                 assert item[1:] in names, f"{rule['name']}: unknown label {item}"
             elif item.startswith("@pypi:"):
                 dist = item[len("@pypi:"):]
-                assert gen_build._normalize_dist(dist) in locked, f"{dist} not in requirements.lock"
+                assert gen_build.normalize_dist(dist) in locked, f"{dist} not in requirements.lock"
 
 
 def test_test_deps_cover_the_first_party_packages_they_import(build):
@@ -200,8 +200,8 @@ def test_test_deps_cover_the_first_party_packages_they_import(build):
 def test_clue_binary_covers_cli_command_modules(build):
     binaries = _rules(build, "py_binary")
     clue = binaries["clue"]
-    assert clue["main"] == "tfx_pipeline/cli.py"
-    for module in gen_build._command_modules(ROOT):
+    assert clue["main"] == "clue_cli/main.py"
+    for module in gen_build.command_modules(ROOT):
         assert f":{module.split('.')[0]}" in clue["deps"], module
 
 
@@ -315,15 +315,32 @@ def test_cli_command_module_must_exist(tree):
     _write(
         tree,
         {
-            "tfx_pipeline/__init__.py": "",
-            "tfx_pipeline/cli.py": 'COMMAND_MODULES = ["alpha.core", "beta.nope"]\n',
+            "clue_cli/__init__.py": "",
+            "clue_cli/main.py": 'COMMAND_MODULES = ["alpha.core", "beta.nope"]\n',
         },
     )
     with pytest.raises(gen_build.GenBuildError, match="'beta.nope', which does not exist"):
         gen_build.generate(tree)
-    _write(tree, {"tfx_pipeline/cli.py": 'COMMAND_MODULES = ["alpha.core", "beta.tools"]\n'})
+    _write(tree, {"clue_cli/main.py": 'COMMAND_MODULES = ["alpha.core", "beta.tools"]\n'})
     clue = _rules(parse_build(gen_build.generate(tree)), "py_binary")["clue"]
-    assert clue["deps"] == [":alpha", ":beta", ":tfx_pipeline"]
+    assert clue["deps"] == [":alpha", ":beta", ":clue_cli"]
+
+
+def test_script_helper_package_goes_into_the_binary(tree):
+    """scripts/<pkg>/ is imported by the scripts as top-level <pkg>: it is in the
+    binary's srcs (not a binary, not unknown), its imports are the binary's deps."""
+    _write(tree, {
+        "scripts/tool.py": "import helperpkg.core\n",
+        "scripts/helperpkg/__init__.py": "",
+        "scripts/helperpkg/core.py": "import yaml\nfrom alpha import core\n",
+    })
+    binaries = _rules(parse_build(gen_build.generate(tree)), "py_binary")
+    assert sorted(binaries) == ["tool"]
+    tool = binaries["tool"]
+    assert tool["srcs"] == ["scripts/tool.py", "scripts/helperpkg/__init__.py",
+                            "scripts/helperpkg/core.py"]
+    assert tool["imports"] == ["scripts"] and tool["main"] == "scripts/tool.py"
+    assert tool["deps"] == [":alpha", "@pypi:PyYAML"]
 
 
 def test_cli_writes_then_check_detects_staleness(tree):

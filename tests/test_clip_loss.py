@@ -1,7 +1,6 @@
 """CLIP loss: NumPy reference, hand-checkable values, 1 vs 2 replicas."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from clue_keras.clip_loss import clip_loss
@@ -73,7 +72,25 @@ def _batch(mc, b, seed=0):
     return ids
 
 
-def test_loss_and_gradients_two_replicas_equal_one_replica():
+class _GatherWithoutGradient:
+    """A replica context whose ``all_gather`` cuts the gradient path back to the keys.
+
+    Everything else is the real context's, so the loss value stays the same.
+    """
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def all_gather(self, value, axis):
+        return tf.stop_gradient(self._ctx.all_gather(value, axis=axis))
+
+
+def test_loss_and_gradients_two_replicas_equal_one_replica(monkeypatch):
+    import clue_keras.clip_loss as clip_loss_module
+
     mc = PRESETS["tiny"]
     ids = _batch(mc, 8)
     single = build_pretrainer(mc)
@@ -93,11 +110,14 @@ def test_loss_and_gradients_two_replicas_equal_one_replica():
         return loss, [tf.convert_to_tensor(g)
                       for g in tape.gradient(loss, dist.trainable_variables)]
 
-    @tf.function
-    def run(x):
-        loss, grads = strategy.run(step, args=(x,))
-        return (strategy.reduce("SUM", loss, None),
-                [strategy.reduce("SUM", g, None) for g in grads])
+    def run(x):  # a new tf.function per call: traced with the clip_loss of that moment
+        @tf.function
+        def run_fn(x):
+            loss, grads = strategy.run(step, args=(x,))
+            return (strategy.reduce("SUM", loss, None),
+                    [strategy.reduce("SUM", g, None) for g in grads])
+
+        return run_fn(x)
 
     x = next(iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices(ids).batch(8))))
@@ -106,8 +126,19 @@ def test_loss_and_gradients_two_replicas_equal_one_replica():
     for v, g1, g2 in zip(single.trainable_variables, grads1, grads2):
         np.testing.assert_allclose(g2.numpy(), g1.numpy(), atol=1e-4, rtol=1e-3,
                                    err_msg=v.path)
-    # The cross-replica key gradients matter: without them the embedding grads differ.
-    assert max(float(tf.reduce_max(tf.abs(g))) for g in grads1) > 1e-3
+
+    # The cross-replica key gradients matter: the same 2-replica computation with
+    # the all-gather's gradient path cut has the same loss but other gradients.
+    real_context = clip_loss_module._replica_context
+    monkeypatch.setattr(clip_loss_module, "_replica_context",
+                        lambda: (lambda c: c and _GatherWithoutGradient(c))(real_context()))
+    loss_cut, grads_cut = run(x)
+    np.testing.assert_allclose(float(loss_cut), float(loss1), rtol=1e-5)
+    differ = [v.path for v, g1, g in zip(single.trainable_variables, grads1, grads_cut)
+              if not np.allclose(g.numpy(), g1.numpy(), atol=1e-4, rtol=1e-3)]
+    assert len(differ) > 10, f"only {differ} changed without the key gradients"
+    worst = max(float(tf.reduce_max(tf.abs(g - g1))) for g1, g in zip(grads1, grads_cut))
+    assert worst > 1e-2, worst
 
 
 def test_one_training_step_two_replicas_equals_one_replica():

@@ -1,5 +1,6 @@
-"""ClueEvaluator: execution properties, the TFX blessing convention, and Do() on a
-tiny exported model (in this process and in the Keras-2 child process)."""
+"""ClueEvaluator: inputs and execution properties, the TFX blessing convention, the task
+read from ExampleGen records, and Do() on a tiny exported model with BehaviorPreprocess-
+style records (in this process and in the Keras-2 child process)."""
 
 import json
 import os
@@ -7,10 +8,12 @@ import os
 import pytest
 
 from tfx.components.util import model_utils
+from tfx.types import artifact_utils
 from tfx.types import channel_utils
 from tfx.types import standard_artifacts
 
 from components.clue_evaluator import executor as ex
+from components.clue_evaluator.blessing import blessing_decision
 from components.clue_evaluator.component import ClueEvaluator
 
 TASK = "movies"
@@ -18,38 +21,68 @@ TASK = "movies"
 
 # ------------------------------------------------------------------ fast checks
 
-def test_component_spec_carries_the_gate_settings():
-    model = channel_utils.as_channel([standard_artifacts.Model()])
-    c = ClueEvaluator(model=model, task_dir="/d/downstream/movies", epochs=2, seed=5,
-                      margin_over_toppop=0.01, margin_over_untrained=None,
+def _channel(artifact_type):
+    return channel_utils.as_channel([artifact_type()])
+
+
+def test_component_spec_carries_the_gate_settings_and_takes_the_data_as_artifacts():
+    model, users, task = (_channel(standard_artifacts.Model), _channel(standard_artifacts.Examples),
+                          _channel(standard_artifacts.Examples))
+    c = ClueEvaluator(model=model, user_examples=users, task=task, task_name="movies",
+                      epochs=2, seed=5, margin_over_toppop=0.01, margin_over_untrained=None,
                       sequence_models=False)
     p = c.exec_properties
-    assert (p["task_dir"], p["epochs"], p["seed"], p["sequence_models"]) == (
-        "/d/downstream/movies", 2, 5, 0)
+    assert (p["task_name"], p["epochs"], p["seed"], p["sequence_models"]) == ("movies", 2, 5, 0)
     assert p["margin_over_toppop"] == 0.01 and p["margin_over_untrained"] is None
+    assert "task_dir" not in p and "data_dir" not in p  # the data are input artifacts
+    assert set(c.inputs) == {"model", "user_examples", "task"}
+    assert c.inputs["task"].type == standard_artifacts.Examples
     assert set(c.outputs) == {"evaluation", "blessing"}
     assert c.outputs["blessing"].type == standard_artifacts.ModelBlessing
     assert c.outputs["evaluation"].type == standard_artifacts.ModelEvaluation
+    with_catalogue = ClueEvaluator(model=model, user_examples=users, task=task,
+                                   catalogue=_channel(standard_artifacts.Examples))
+    assert set(with_catalogue.inputs) == {"model", "user_examples", "task", "catalogue"}
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
-        ClueEvaluator(model=model, task_dir="/d", epochs=0)
+        ClueEvaluator(model=model, user_examples=users, task=task, epochs=0)
 
 
-def test_evaluation_params_validate_and_name_the_property(tmp_path):
-    task = tmp_path / "downstream" / TASK
-    task.mkdir(parents=True)
-    p = ex.evaluation_params({"task_dir": str(task), "epochs": 2, "seed": 1,
+def test_evaluation_params_validate_and_name_the_property():
+    p = ex.evaluation_params({"task_name": "movies", "epochs": 2, "seed": 1,
                               "margin_over_toppop": None, "sequence_models": 0})
-    assert p == {"task_dir": str(task), "data_dir": None, "epochs": 2, "seed": 1,
-                 "margin_over_toppop": None, "margin_over_untrained": None,
-                 "sequence_models": False}
-    with pytest.raises(ex.EvaluationConfigError, match="'task_dir' .* is required"):
-        ex.evaluation_params({})
-    with pytest.raises(ex.EvaluationConfigError, match=f"task_dir '{tmp_path}/nope' is not a dir"):
-        ex.evaluation_params({"task_dir": str(tmp_path / "nope")})
-    with pytest.raises(ex.EvaluationConfigError, match="data_dir '/no/such' .* is not a dir"):
-        ex.evaluation_params({"task_dir": str(task), "data_dir": "/no/such"})
+    assert p == {"task_name": "movies", "epochs": 2, "seed": 1, "margin_over_toppop": None,
+                 "margin_over_untrained": None, "sequence_models": False}
+    assert ex.evaluation_params({})["task_name"] == "task"
     with pytest.raises(ex.EvaluationConfigError, match="epochs must be >= 1, got 0"):
-        ex.evaluation_params({"task_dir": str(task), "epochs": 0})
+        ex.evaluation_params({"epochs": 0})
+
+
+def _examples_artifact(uri, splits=("all",)):
+    artifact = standard_artifacts.Examples()
+    artifact.uri = str(uri)
+    artifact.split_names = artifact_utils.encode_split_names(list(splits))
+    return artifact
+
+
+def test_data_params_name_every_split_file_of_the_input_artifacts(tmp_path):
+    for split, names in (("train", ["b.gz", "a.gz"]), ("eval", ["c.gz"])):
+        (tmp_path / "users" / f"Split-{split}").mkdir(parents=True)
+        for name in names:
+            (tmp_path / "users" / f"Split-{split}" / name).write_bytes(b"")
+    (tmp_path / "task" / "Split-all").mkdir(parents=True)
+    (tmp_path / "task" / "Split-all" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
+    inputs = {"user_examples": [_examples_artifact(tmp_path / "users", ("train", "eval"))],
+              "task": [_examples_artifact(tmp_path / "task")]}
+    got = ex.data_params(inputs)
+    assert got == {"records": str(tmp_path / "users"),
+                   "task_examples": [str(tmp_path / "task" / "Split-all" /
+                                         "data_tfrecord-00000-of-00001.gz")],
+                   "catalogue_examples": None}
+    (tmp_path / "empty" / "Split-all").mkdir(parents=True)
+    inputs["catalogue"] = [_examples_artifact(tmp_path / "empty")]
+    with pytest.raises(FileNotFoundError, match=f"catalogue artifact {tmp_path}/empty has no "
+                                                 "record files"):
+        ex.data_params(inputs)
 
 
 @pytest.mark.parametrize("first,then", [(True, False), (False, True)])
@@ -67,21 +100,78 @@ def test_write_blessing_follows_tfx_and_the_pusher_agrees(tmp_path, first, then)
     assert blessing.get_string_custom_property("current_model") == model.uri
 
 
-def test_read_outcome_names_the_missing_file(tmp_path):
-    with pytest.raises(RuntimeError, match=f"wrote no {tmp_path}/blessing.json"):
-        ex.read_outcome(str(tmp_path))
+def test_read_results_names_the_missing_file(tmp_path):
+    with pytest.raises(RuntimeError, match=f"wrote no {tmp_path}/results.json"):
+        ex.read_results(str(tmp_path))
+
+
+def test_split_params_separates_the_gate_from_the_evaluation():
+    params = ex.evaluation_params({"task_name": "t", "margin_over_toppop": 0.5})
+    run, gate = ex.split_params(params)
+    assert gate == {"margin_over_toppop": 0.5, "margin_over_untrained": None}
+    assert set(run) == {"task_name", "epochs", "seed", "sequence_models"}
+
+
+RESULTS = {
+    "columns": ["TopPop", "U-MLP (Untrained)", "U-MLP (CLUE)"],
+    "rows": ["MRR"],
+    "values": {"TopPop": {"MRR": 0.20}, "U-MLP (Untrained)": {"MRR": 0.25},
+               "U-MLP (CLUE)": {"MRR": 0.30}},
+}
+
+
+@pytest.mark.parametrize("as_table", [False, True])
+def test_blessing_decision(as_table):
+    """The rule, on a results.json dict and on a clue_tfrs ResultsTable."""
+    table = RESULTS
+    if as_table:
+        from clue_tfrs.reporting import ResultsTable
+
+        table = ResultsTable.from_dict(RESULTS)
+    blessed, reason = blessing_decision(table)
+    assert blessed and "0.3000 > TopPop 0.2000" in reason
+    blessed, reason = blessing_decision(table, margin_over_untrained=0.05)
+    assert not blessed and "U-MLP (Untrained) 0.2500 + margin 0.0500" in reason
+    assert blessing_decision(table, margin_over_untrained=None, margin_over_toppop=0.09)[0]
+    assert not blessing_decision(table, margin_over_untrained=None, margin_over_toppop=0.1)[0]
+    with pytest.raises(KeyError, match="U-MLP \\(Other\\)"):
+        blessing_decision(table, feature_name="U-MLP (Other)")
 
 
 # ------------------------------------------------- Do() on a tiny exported model
 
+def _example_gen_output(task_dir, out):
+    """The task as the pipeline's ExampleGens write it: interactions.csv through
+    CsvExampleGen's transform, catalogue.jsonl through the JSONL ExampleGen's, each
+    into ``out/<name>/Split-all/`` (gzipped tf.Examples)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx.components.example_gen.csv_example_gen.executor import _CsvToExample
+
+    from components.jsonl_example_gen.executor import _JsonlToExample
+
+    gz = beam.io.filesystem.CompressionTypes.GZIP
+    with beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory",
+                                                "--direct_num_workers=1"])) as p:
+        for name, source, pattern in (("task", _CsvToExample, "interactions.csv"),
+                                      ("catalogue", _JsonlToExample, "catalogue.jsonl")):
+            _ = (p | f"Read[{name}]" >> source({"input_base": task_dir}, pattern)
+                 | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString())
+                 | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+                     os.path.join(out, name, "Split-all", "data_tfrecord"),
+                     file_name_suffix=".gz", compression_type=gz))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """150 synthetic users (movies task) and an untrained tiny CLUE SavedModel
-    in a Model artifact layout (<uri>/Format-Serving)."""
-    from clue_keras import synth
+    """150 synthetic users (movies task), their per-user records (`clue prepare`, the
+    records BehaviorPreprocess writes), an untrained tiny CLUE SavedModel with the
+    records' vocabulary in a Model artifact layout (<uri>/Format-Serving), and the
+    task as ExampleGen output (``examples/task``, ``examples/catalogue``)."""
+    import clue_synth as synth
     from clue_keras.config import PRESETS
     from clue_keras.export import export_saved_model
-    from clue_keras.prepare import prepare_local
+    from clue_keras.data.prepare import prepare_local
     from clue_keras.tokenizer import load_vocab_info
     from clue_keras.train import build_pretrainer
 
@@ -94,19 +184,24 @@ def tiny(tmp_path_factory):
     vocab = str(root / "records" / "vocab")
     model = build_pretrainer(mc.replace(vocab_size=load_vocab_info(vocab).vocab_size))
     export_saved_model(model, vocab, str(root / "model" / "Format-Serving"))
+    _example_gen_output(os.path.join(data, "downstream", TASK), str(root / "examples"))
     return root, data
 
 
 def _do(root, name, data, **props):
+    del data  # the data are artifacts: records and the task's examples
     model = standard_artifacts.Model()
     model.uri = str(root / "model")
     evaluation = standard_artifacts.ModelEvaluation()
     evaluation.uri = str(root / name / "evaluation")
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(root / name / "blessing")
-    exec_properties = {"task_dir": os.path.join(data, "downstream", TASK), "data_dir": data,
-                       "epochs": 1, "seed": 0, "sequence_models": 0, **props}
-    ex.Executor().Do({"model": [model]}, {"evaluation": [evaluation], "blessing": [blessing]},
+    inputs = {"model": [model],
+              "user_examples": [_examples_artifact(root / "records", ("train", "eval", "test"))],
+              "task": [_examples_artifact(root / "examples" / "task")],
+              "catalogue": [_examples_artifact(root / "examples" / "catalogue")]}
+    exec_properties = {"task_name": TASK, "epochs": 1, "seed": 0, "sequence_models": 0, **props}
+    ex.Executor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]},
                      exec_properties)
     with open(os.path.join(evaluation.uri, "blessing.json")) as f:
         verdict = json.load(f)
@@ -152,7 +247,11 @@ def test_do_with_an_unreachable_margin_is_not_blessed_in_a_keras2_child(tiny, mo
     evaluation, blessing, verdict, table = _do(
         root, "strict", data, margin_over_toppop=10.0, margin_over_untrained=None)
     assert len(calls) == 1
+    assert calls[0][2]["records"] == str(root / "records")  # BehaviorPreprocess's records
+    assert calls[0][2]["task_examples"][0].startswith(str(root / "examples" / "task"))
     _check_agree(evaluation, blessing, verdict, table)
+    # The catalogue input is used: every catalogue item, not only the interacted ones.
+    assert table["info"]["num_items"] == 720
     assert verdict["blessed"] is False
     mrr = table["values"]["U-MLP (CLUE)"]["MRR"]
     toppop = table["values"]["TopPop"]["MRR"]
@@ -162,8 +261,7 @@ def test_do_with_an_unreachable_margin_is_not_blessed_in_a_keras2_child(tiny, mo
 
 def test_a_failing_child_process_raises_with_its_output(tmp_path):
     with pytest.raises(RuntimeError, match="child process failed with exit code 1: "
-                                           "FileNotFoundError: no interactions"):
+                                           "ValueError: run_evaluation needs a task"):
         ex.evaluate_in_subprocess(str(tmp_path / "no_model"), str(tmp_path / "out"),
-                                  {"task_dir": str(tmp_path), "data_dir": str(tmp_path),
-                                   "epochs": 1, "seed": 0, "margin_over_toppop": 0.0,
-                                   "margin_over_untrained": 0.0, "sequence_models": False})
+                                  {"task_examples": [], "records": str(tmp_path),
+                                   "epochs": 1, "seed": 0, "sequence_models": False})

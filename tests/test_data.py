@@ -1,4 +1,5 @@
-"""tf.data input pipeline (clue_keras.data) and local preprocessing (clue_keras.prepare)."""
+"""tf.data input pipeline (clue_keras.data.input) and in-process preprocessing
+(clue_keras.data.prepare)."""
 
 import glob
 import json
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from clue_keras import data as D
-from clue_keras import prepare as PR
 from clue_keras import tokenizer as T
-from clue_keras.records import build_user_example
+from clue_keras.data import input as D
+from clue_keras.data import prepare as PR
+from clue_keras.data.records import build_user_example
 
 SERVICES = ("news", "shop")
 INFO = T.VocabInfo(services=SERVICES, max_items=3, max_tokens=4, vocab_size=300,
@@ -135,28 +136,27 @@ def test_prepare_local_end_to_end(tmp_path, monkeypatch):
                              eval_percent=20, test_percent=20, shards=2)
     n_shop = sum(i % 3 + 1 for i in range(40))
     assert stats["rows_read"] == len(df) == n_shop + 3 * 40 + 1
-    assert stats["rows_empty_text"] == 40 and stats["rows_duplicate"] == 40
+    assert stats["rows_dropped_empty_text"] == 40 and stats["rows_duplicate"] == 40
     assert stats["items_truncated"] == sum(max(0, i % 3 + 1 - 2) for i in range(40))
-    assert (stats["users_read"], stats["users_inactive"]) == (41, 1)
+    assert (stats["users_read"], stats["users_kept"]) == (41, 40)
     assert stats["services"] == ["news", "shop"]
-    splits = stats["splits"]
-    assert sum(s["users"] for s in splits.values()) == 40
-    assert min(s["users"] for s in splits.values()) > 0
-    assert sum(s["items"] for s in splits.values()) == 40 + sum(min(2, i % 3 + 1)
-                                                                for i in range(40))
+    users = {s: stats[f"users_{s}"] for s in ("train", "eval", "test")}
+    assert sum(users.values()) == 40 and min(users.values()) > 0
+    assert sum(stats[f"items_{s}"] for s in users) == 40 + sum(min(2, i % 3 + 1)
+                                                               for i in range(40))
     with open(os.path.join(out, "stats.json")) as f:
-        assert json.load(f)["splits"] == splits
+        assert json.load(f) == stats
 
     info = T.load_vocab_info(os.path.join(out, "vocab"))
     assert (info.services, info.max_items, info.max_tokens) == (("news", "shop"), 2, 6)
     for split in ("train", "eval", "test"):
         files = sorted(os.listdir(os.path.join(out, f"Split-{split}")))
-        assert files == ["part-00000-of-00002.tfrecord.gz", "part-00001-of-00002.tfrecord.gz"]
+        assert files == ["data_tfrecord-00000-of-00002.gz", "data_tfrecord-00001-of-00002.gz"]
 
     # BPE saw exactly the train users' kept items.
     train_arrays = D.load_split_arrays(os.path.join(out, "Split-train", "*"), info)
     train_users = set(train_arrays["user_id"])
-    assert len(train_users) == splits["train"]["users"]
+    assert len(train_users) == stats["users_train"]
     expected_texts = []
     for u in sorted(train_users):
         i = int(u[4:])
@@ -177,21 +177,28 @@ def test_prepare_local_end_to_end(tmp_path, monkeypatch):
                 for s in range(2):
                     row = want[s] + [0] * (6 - len(want[s])) if s < len(want) else [0] * 6
                     assert ids[p, s].tolist() == row, (u, p, s)
-    n_tokens = int((train_arrays["token_ids"] != 0).sum())
-    assert n_tokens == splits["train"]["tokens"]
+    assert int((train_arrays["token_ids"][..., 0] != 0).sum()) == stats["items_train"]
 
     # A re-run with fewer shards replaces the old shards.
     PR.prepare_local(df, out, max_items=2, max_tokens=6, vocab_size=300, shards=1,
                      eval_percent=20, test_percent=20)
-    assert os.listdir(os.path.join(out, "Split-eval")) == ["part-00000-of-00001.tfrecord.gz"]
+    assert os.listdir(os.path.join(out, "Split-eval")) == ["data_tfrecord-00000-of-00001.gz"]
 
 
 def test_prepare_local_errors(tmp_path):
     df = _behaviors(4).drop(columns=["timestamp"])
     with pytest.raises(ValueError, match=r"\['timestamp'\]"):
         PR.prepare_local(df, str(tmp_path), 2, 6, 300)
+    # Unparseable timestamps are dropped and counted; with every row dropped, the
+    # error says so (and no stats.json is left to mark a complete output).
     df = _behaviors(4).assign(timestamp="yesterday")
-    with pytest.raises(ValueError, match="'timestamp' is not numeric"):
+    with pytest.raises(ValueError, match=r"no train users left: 20 rows read, 0 users.*"
+                                         r"'rows_dropped_bad_timestamp': 20"):
         PR.prepare_local(df, str(tmp_path), 2, 6, 300)
-    with pytest.raises(ValueError, match="no train users"):
+    assert not os.path.exists(os.path.join(tmp_path, "stats.json"))
+    with pytest.raises(ValueError, match="no train users.*'users_dropped_few_items': 5"):
         PR.prepare_local(_behaviors(4), str(tmp_path), 2, 6, 300, min_items=99)
+    with pytest.raises(ValueError, match="no train users.*'users_dropped_few_items': 1, 'users_dropped_few_services': 4"):
+        PR.prepare_local(_behaviors(4), str(tmp_path), 2, 6, 300, min_services=3)
+    with pytest.raises(ValueError, match="has no rows"):
+        PR.prepare_local(_behaviors(4).head(0), str(tmp_path), 2, 6, 300)

@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from clue_tfrs import evaluate as ev
 from clue_tfrs import models
+from clue_tfrs import protocol
+from clue_tfrs import reporting
 from clue_tfrs import tasks
 
 
@@ -62,7 +64,7 @@ def synthetic_task(n_users=300, n_interactions=8, p_topic=0.9, seed=0):
     return interactions, catalogue, {"oracle": oracle, "random": random}
 
 
-TINY = ev.EvalConfig(
+TINY = protocol.EvalConfig(
     umlp_width=32,
     learning_rate=1e-2,
     batch_size=256,
@@ -220,14 +222,14 @@ def umlp_table():
     for u in split.test[:5]:
         del oracle_users[u]
     feature_sets["oracle"] = (oracle_users, feature_sets["oracle"][1])
-    cfg = ev.EvalConfig(**{**TINY.__dict__, "run_sequence_models": False})
+    cfg = protocol.EvalConfig(**{**TINY.__dict__, "run_sequence_models": False})
     return ev.evaluate_task(interactions, catalogue, feature_sets, seed=0, epochs=3, config=cfg, task_name="synthetic")
 
 
 def test_oracle_features_beat_toppop_and_random(umlp_table):
     t = umlp_table
     assert t.columns == ["TopPop", "U-MLP (oracle)", "U-MLP (random)"]
-    assert t.rows == list(ev.METRIC_ROWS)
+    assert t.rows == list(protocol.METRIC_ROWS)
     oracle, random, pop = (t.value(c, "MRR") for c in t.columns[1:] + t.columns[:1])
     # Chance level with 100 negatives is H(101)/101 = 0.052; the oracle ranks
     # the positive among ~5 same-topic negatives (expected MRR ~ 0.4-0.55).
@@ -235,7 +237,7 @@ def test_oracle_features_beat_toppop_and_random(umlp_table):
     assert oracle > random + 0.25
     assert oracle > pop + 0.2
     assert random < 0.1
-    assert t.value("U-MLP (oracle)", ev.TOP_K_ROW) > t.value("U-MLP (random)", ev.TOP_K_ROW) + 0.3
+    assert t.value("U-MLP (oracle)", protocol.TOP_K_ROW) > t.value("U-MLP (random)", protocol.TOP_K_ROW) + 0.3
     for row in t.rows:
         for c in t.columns:
             assert 0.0 <= t.value(c, row) <= 1.0
@@ -253,10 +255,10 @@ def test_cold_start_users_are_counted(umlp_table):
 
 
 def test_write_results_round_trip(umlp_table, tmp_path):
-    paths = ev.write_results(umlp_table, str(tmp_path / "out"))
+    paths = reporting.write_results(umlp_table, str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["results.json", "results.md", "results.png"]
     with open(paths["json"]) as f:
-        back = ev.ResultsTable.from_dict(json.load(f))
+        back = reporting.ResultsTable.from_dict(json.load(f))
     assert back.columns == umlp_table.columns and back.values == umlp_table.values
     md = open(paths["md"]).read().splitlines()
     assert md[0] == "| Metric | TopPop | U-MLP (oracle) | U-MLP (random) |"
@@ -264,21 +266,6 @@ def test_write_results_round_trip(umlp_table, tmp_path):
     assert f"**{umlp_table.value('U-MLP (oracle)', 'MRR'):.4f}**" in mrr_line
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_blessing_decision():
-    table = ev.ResultsTable(
-        columns=["TopPop", "U-MLP (Untrained)", "U-MLP (CLUE)"],
-        rows=["MRR"],
-        values={"TopPop": {"MRR": 0.20}, "U-MLP (Untrained)": {"MRR": 0.25}, "U-MLP (CLUE)": {"MRR": 0.30}},
-    )
-    blessed, reason = ev.blessing_decision(table)
-    assert blessed and "0.3000 > TopPop 0.2000" in reason
-    blessed, reason = ev.blessing_decision(table, margin_over_untrained=0.05)
-    assert not blessed and "U-MLP (Untrained) 0.2500 + margin 0.0500" in reason
-    assert ev.blessing_decision(table, margin_over_untrained=None, margin_over_toppop=0.09)[0]
-    with pytest.raises(KeyError, match="U-MLP \\(Other\\)"):
-        ev.blessing_decision(table, feature_name="U-MLP (Other)")
 
 
 def test_feature_set_with_wrong_dimension_is_rejected():

@@ -7,12 +7,12 @@ import os
 import pytest
 
 import clue_tfrs  # noqa: F401  (Keras 2 for TFRS before anything else)
-from clue_keras import synth
+import clue_synth as synth
 from clue_keras.config import PRESETS, TrainConfig
 from clue_keras.export import export_saved_model
-from clue_keras.prepare import prepare_local
+from clue_keras.data.prepare import prepare_local
 from clue_keras.train import load_pretrainer, train
-from clue_tfrs.run import run_evaluation
+from components.clue_evaluator.blessing import evaluate_and_bless
 
 MC = PRESETS["tiny"]
 MARGIN = 0.02  # MRR points; seen: CLUE ~0.16, TopPop ~0.12, untrained ~0.12
@@ -34,9 +34,12 @@ def test_trained_clue_beats_toppop_and_untrained_on_unseen_service(tmp_path):
     export = export_saved_model(model, os.path.join(records, "vocab"), str(tmp_path / "export"))
 
     out = str(tmp_path / "eval")
-    outcome = run_evaluation(export, os.path.join(data, "downstream", "movies"), out_dir=out,
-                             epochs=5, sequence_models=False,
-                             margin_over_toppop=MARGIN, margin_over_untrained=MARGIN)
+    # User features from the records the model was trained on, as the pipeline's Evaluator
+    # reads BehaviorPreprocess's user_examples.
+    outcome = evaluate_and_bless(export, os.path.join(data, "downstream", "movies"), out_dir=out,
+                                 records=records,
+                                 margin_over_toppop=MARGIN, margin_over_untrained=MARGIN,
+                                 epochs=5, sequence_models=False)
     mrr = {c: outcome.table.value(c, "MRR") for c in outcome.table.columns}
     assert mrr["U-MLP (CLUE)"] > mrr["TopPop"] + MARGIN, mrr
     assert mrr["U-MLP (CLUE)"] > mrr["U-MLP (Untrained)"] + MARGIN, mrr

@@ -6,6 +6,7 @@ runs in-memory with one worker here to spare the 2-core CI box (production
 default: multi-processing DirectRunner on every core).
 """
 
+import csv
 import glob
 import json
 import math
@@ -22,9 +23,15 @@ from tfx_pipeline import pipeline as pl
 from tfx_pipeline.config import PipelineConfig, TrainerSettings
 
 BEAM_IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-#: Components of the pipeline, in order.
-COMPONENTS = [pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR,
-              pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER]
+#: Components of the pipeline `clue run` builds on `clue synth` data, in order (a task
+#: with a catalogue file; TFX orders the nodes without inputs first, by id).
+COMPONENTS = [pl.EXAMPLE_GEN, pl.CATALOGUE_EXAMPLE_GEN, pl.TASK_EXAMPLE_GEN, pl.STATISTICS_GEN,
+              pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR, pl.BEHAVIOR_PREPROCESS, pl.TRAINER,
+              pl.EVALUATOR, pl.PUSHER]
+#: ... for a task without a catalogue file, and without evaluation.
+NO_CATALOGUE = [c for c in COMPONENTS if c != pl.CATALOGUE_EXAMPLE_GEN]
+TRAIN_ONLY = [c for c in COMPONENTS if c not in (pl.CATALOGUE_EXAMPLE_GEN, pl.TASK_EXAMPLE_GEN,
+                                                 pl.EVALUATOR, pl.PUSHER)]
 #: Fast evaluation settings for the e2e runs.
 FAST_EVAL = ["--eval-epochs", "1", "--no-sequence-models"]
 
@@ -64,7 +71,7 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     with an unreachable margin re-evaluates only, is not blessed and pushes nothing."""
     root = tmp_path / "runs"
     argv = ["run", "--root", str(root), "--users", "150", "--preset", "tiny",
-            "--train-steps", "20", "--batch-size", "16", *FAST_EVAL]
+            "--train-steps", "20", "--batch-size", "16", "--cpu-replicas", "2", *FAST_EVAL]
     argv += [f"--beam-arg={a}" for a in BEAM_IN_MEMORY]
     lenient = ["--margin-over-toppop=-1", "--margin-over-untrained=-1"]
     metadata_path = str(root / "metadata" / "metadata.db")
@@ -99,6 +106,14 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert t["steps"] == 20 and math.isfinite(t["final_loss"]) and t["num_params"] > 0
     assert os.path.exists(os.path.join(summary.model_uri, "Format-Serving", "saved_model.pb"))
     assert f"{t['num_params']:,} parameters" in out
+    assert t["strategy"] == "MirroredStrategy" and t["replicas"] == 2
+    assert "trained with MirroredStrategy on 2 replica(s), precision policy" in out
+
+    # One line per component as it ends, in pipeline order, while the run works.
+    done = [line.split("]")[0][1:] for line in out.splitlines()
+            if line.startswith("[") and " done in " in line]
+    assert done == COMPONENTS, out
+    assert "full log: " + str(root / "logs") in out
 
     # Evaluator: the table in its artifact, MRR per model in MLMD, a lenient gate passed.
     with open(os.path.join(summary.evaluation_uri, "results.json")) as f:
@@ -137,6 +152,9 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert again.blessed is True and again.pushed_to == summary.pushed_to
     assert "using the synthetic data already" in out
     assert f"{len(COMPONENTS)} of {len(COMPONENTS)} components reused cached outputs" in out
+    cached = [line.split("]")[0][1:] for line in out.splitlines()
+              if line.startswith("[") and " cached in " in line]
+    assert cached == COMPONENTS, out
     assert os.listdir(serving) == versions
 
     # An unreachable margin: only Evaluator and Pusher run again; nothing is pushed.
@@ -249,7 +267,7 @@ def test_create_pipeline_is_pure_and_gates_the_pusher_on_the_evaluator(tmp_path)
                             metadata_path=str(tmp_path / "m.db"),
                             eval_epochs=2, margin_over_untrained=None)
     p = pl.create_pipeline(config)
-    assert [c.id for c in p.components] == COMPONENTS
+    assert [c.id for c in p.components] == NO_CATALOGUE
     assert not os.listdir(tmp_path)  # building the definition touches no file
     nodes = {c.id: c for c in p.components}
     custom_config = json.loads(nodes[pl.TRAINER].exec_properties["custom_config"])
@@ -257,35 +275,88 @@ def test_create_pipeline_is_pure_and_gates_the_pusher_on_the_evaluator(tmp_path)
     assert settings == TrainerSettings(preset="tiny", model=PRESETS["tiny"], train=LOCAL_TRAIN)
     assert p.beam_pipeline_args == list(config.beam_pipeline_args)
 
+    # The task is data: an ExampleGen over <data>/downstream/movies/interactions.*.
+    task_gen = nodes[pl.TASK_EXAMPLE_GEN]
+    assert task_gen.exec_properties["input_base"] == str(tmp_path / "d" / "downstream" / "movies")
+    assert json.loads(task_gen.exec_properties["input_config"])["splits"] == [
+        {"name": "all", "pattern": "interactions.*"}]
     evaluator, pusher = nodes[pl.EVALUATOR], nodes[pl.PUSHER]
     props = evaluator.exec_properties
-    assert props["task_dir"] == str(tmp_path / "d" / "downstream" / "movies")
-    assert props["data_dir"] == str(tmp_path / "d")
+    assert "task_dir" not in props and "data_dir" not in props
+    assert props["task_name"] == "movies"
     assert (props["epochs"], props["sequence_models"]) == (2, 1)
     assert props["margin_over_toppop"] == 0.0 and props["margin_over_untrained"] is None
     assert evaluator.inputs["model"].producer_component_id == pl.TRAINER
+    assert evaluator.inputs["user_examples"].producer_component_id == pl.BEHAVIOR_PREPROCESS
+    assert evaluator.inputs["user_examples"].output_key == "user_examples"
+    assert evaluator.inputs["task"].producer_component_id == pl.TASK_EXAMPLE_GEN
+    assert "catalogue" not in evaluator.inputs
     assert pusher.inputs["model_blessing"].producer_component_id == pl.EVALUATOR
     assert pusher.inputs["model_blessing"].output_key == "blessing"
     assert str(tmp_path / "s") in pusher.exec_properties["push_destination"]
 
-    # Evaluation off: train only, and no Pusher (nothing is ever pushed unblessed).
-    p = pl.create_pipeline(config.replace(evaluate=False, eval_task_dir="/x"))
-    assert [c.id for c in p.components] == COMPONENTS[:-2]
+    # A single task file of any name and format, and a catalogue file: two ExampleGens.
+    p = pl.create_pipeline(config.replace(eval_task_path="/t/views_2021.parquet",
+                                          eval_catalogue_path="/t/items.jsonl"))
+    assert [c.id for c in p.components] == COMPONENTS
+    nodes = {c.id: c for c in p.components}
+    for node_id, base, pattern in ((pl.TASK_EXAMPLE_GEN, "/t", "views_2021.parquet"),
+                                   (pl.CATALOGUE_EXAMPLE_GEN, "/t", "items.jsonl")):
+        assert nodes[node_id].exec_properties["input_base"] == base
+        assert json.loads(nodes[node_id].exec_properties["input_config"])["splits"][0][
+            "pattern"] == pattern
+    assert nodes[pl.EVALUATOR].exec_properties["task_name"] == "views_2021"
+    assert nodes[pl.EVALUATOR].inputs["catalogue"].producer_component_id == \
+        pl.CATALOGUE_EXAMPLE_GEN
+
+    # Evaluation off: train only, no task, and no Pusher (nothing is ever pushed unblessed).
+    p = pl.create_pipeline(config.replace(evaluate=False, eval_task_path="/x"))
+    assert [c.id for c in p.components] == TRAIN_ONLY
 
 
 def test_evaluation_paths_follow_the_synth_layout(tmp_path):
     base = dict(pipeline_root="p", serving_model_dir="s")
     c = PipelineConfig(data_root="/data/behaviors/", **base)
-    assert (c.evaluation_task_dir, c.evaluation_data_dir) == (
-        "/data/downstream/movies", "/data")
-    c = PipelineConfig(data_root="gs://b/data", eval_task="books", **base)
-    assert c.evaluation_task_dir == "gs://b/data/downstream/books"
-    c = c.replace(eval_task_dir="/t", eval_data_dir="/u")
-    assert (c.evaluation_task_dir, c.evaluation_data_dir) == ("/t", "/u")
+    assert c.evaluation_task_path == "/data/downstream/movies"
+    assert c.evaluation_task_input == ("/data/downstream/movies", "interactions.*", "csv")
+    assert c.evaluation_task_name == "movies" and c.evaluation_catalogue_input is None
+    c = PipelineConfig(data_root="gs://b/data", data_format="parquet", **base)
+    assert c.evaluation_task_input == ("gs://b/data/downstream/movies", "interactions.*",
+                                       "parquet")
+    c = c.replace(eval_task_path="/t/clicks.tfrecord.gz", eval_catalogue_path="/t/cat.csv")
+    assert c.evaluation_task_input == ("/t", "clicks.tfrecord.gz", "tfrecord")
+    assert c.evaluation_catalogue_input == ("/t", "cat.csv", "csv")
+    assert c.evaluation_task_name == "clicks"
+    c = c.replace(eval_task_path="/data/downstream/books/interactions.jsonl")
+    assert c.evaluation_task_name == "books"
+    assert c.evaluation_task_input[2] == "jsonl"
     with pytest.raises(ValueError, match="eval_epochs must be >= 1, got 0"):
         PipelineConfig(data_root="/d", eval_epochs=0, **base)
 
 
+@pytest.mark.parametrize("case", ["no_such_path", "missing_column", "no_text"])
+def test_clue_run_stops_on_a_broken_task_before_the_pipeline_starts(tmp_path, capsys, case):
+    """`clue run` validates the task up front: in seconds, naming the file and the
+    column, and no component runs (no metadata store is created)."""
+    root = tmp_path / "runs"
+    _hand_written_logs(tmp_path / "logs" / "export.csv")
+    task = tmp_path / "task" / "clicks.csv"
+    task.parent.mkdir()
+    if case == "missing_column":
+        task.write_text("user_id,item_id,item_text\nuser1,i1,a film\n")
+        expected = f"{task}: missing column(s) ['timestamp']"
+    elif case == "no_text":
+        task.write_text("user_id,item_id,timestamp\nuser1,i1,5\n")
+        expected = "1 of 1 item(s) have no text"
+    else:
+        task = tmp_path / "nowhere"
+        expected = f"{task}: no such task file or directory"
+    argv = ["run", "--root", str(root), "--data", str(tmp_path / "logs"), "--task", str(task)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "clue run: the downstream task for the Evaluator: " in err
+    assert expected in err, err
+    assert not (root / "metadata").exists()
 def test_config_resolves_the_preset_once_and_round_trips_the_trainer_settings():
     base = dict(pipeline_root="p", serving_model_dir="s", data_root="/d")
     c = PipelineConfig(**base)
@@ -315,9 +386,142 @@ def test_clue_compile_writes_a_kfp_v2_spec_naming_every_component_and_the_image(
     spec = json.loads(out.read_text())
     pipeline_spec = spec["pipelineSpec"]
     assert spec["displayName"] == "clue"
-    assert set(pipeline_spec["root"]["dag"]["tasks"]) == set(COMPONENTS)
+    # (remote data: the task is DATA/downstream/movies/interactions.*, no catalogue ExampleGen)
+    assert set(pipeline_spec["root"]["dag"]["tasks"]) == set(NO_CATALOGUE)
     executors = pipeline_spec["deploymentSpec"]["executors"]
-    assert {k[: -len("_executor")] for k in executors} == set(COMPONENTS)
+    assert {k[: -len("_executor")] for k in executors} == set(NO_CATALOGUE)
     assert {e["container"]["image"] for e in executors.values()} == {image}
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def _hand_written_logs(path, users=24, iso=False):
+    """A small export written by hand: numeric-looking user ids, two services."""
+    lines = ["user_id,service,timestamp,item_text"]
+    for u in range(users):
+        for i, service in enumerate(("news", "shop", "news", "shop")):
+            ts = 1_600_000_000 + 3600 * (u * 4 + i)
+            stamp = f"2021-03-{1 + i:02d}T05:06:07Z" if iso else str(ts)
+            lines.append(f"user{u},{service},{stamp},item {u % 5} {service} {i}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_schema_kept_by_the_first_run_stops_a_drifted_run(tmp_path, capsys):
+    """The first run keeps the inferred schema under ROOT/schema; a later run whose
+    logs changed a column's type stops before BehaviorPreprocess does any work,
+    naming the column, and nothing is trained."""
+    root = tmp_path / "runs"
+    base = ["run", "--root", str(root), "--no-evaluate", "--train-steps", "2",
+            "--batch-size", "4", *[f"--beam-arg={a}" for a in BEAM_IN_MEMORY]]
+    _hand_written_logs(tmp_path / "v1" / "export.csv")
+    assert cli.main(base + ["--data", str(tmp_path / "v1")]) == 0
+    schema = root / "schema" / "schema.pbtxt"
+    assert schema.exists() and 'name: "timestamp"' in schema.read_text()
+    assert f"kept the schema inferred from these logs in {schema}" in capsys.readouterr().out
+
+    _hand_written_logs(tmp_path / "v2" / "export.csv", iso=True)  # timestamps became strings
+    with pytest.raises(Exception, match="timestamp"):
+        cli.main(base + ["--data", str(tmp_path / "v2")])
+    summary = local_runner.summarize(str(root / "metadata" / "metadata.db"), "clue")
+    assert summary.executions[pl.SCHEMA_GEN] == "COMPLETE"  # ImportSchemaGen of the kept file
+    assert summary.executions[pl.BEHAVIOR_PREPROCESS] == "FAILED"
+    assert pl.TRAINER not in summary.executions
+    assert f"validating the logs against the schema {schema}" in capsys.readouterr().out
+
+
+def _events(store, execution_id, kind):
+    """``{input/output key: [artifact ids]}`` of an execution's events of ``kind``."""
+    out = {}
+    for e in store.get_events_by_execution_ids([execution_id]):
+        if e.type == kind:
+            out.setdefault(e.path.steps[0].key if e.path.steps else "", []).append(e.artifact_id)
+    return out
+
+
+def _producer(store, artifact_id):
+    """The execution id whose OUTPUT event wrote ``artifact_id``."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    (event,) = [e for e in store.get_events_by_artifact_ids([artifact_id])
+                if e.type == pb.Event.OUTPUT]
+    return event.execution_id
+
+
+@pytest.mark.slow
+def test_a_changed_task_reruns_the_evaluator_and_its_blessing_names_the_task(tmp_path, capsys):
+    """The task is data: a single task file (any name, no catalogue: derived) goes
+    through TaskExampleGen. One row changed under the same path re-runs TaskExampleGen,
+    the Evaluator and the Pusher only; the Evaluator reads the new task examples; and
+    MLMD's events lead from the blessing back to the TaskExampleGen run that read it."""
+    import clue_synth as synth
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from clue_tfrs.task_examples import load_task_examples
+    from tfx_pipeline.mlmd_query import custom_properties, node_ids
+
+    data, root = tmp_path / "data", tmp_path / "runs"
+    synth.generate(str(data), users=150, seed=0)
+    task = tmp_path / "tasks" / "views_2021.csv"
+    task.parent.mkdir()
+    task.write_text((data / "downstream" / "movies" / "interactions.csv").read_text())
+    argv = ["run", "--root", str(root), "--data", str(data), "--task", str(task),
+            "--train-steps", "10", "--batch-size", "16", *FAST_EVAL,
+            "--margin-over-toppop=-1", "--margin-over-untrained=-1",
+            *[f"--beam-arg={a}" for a in BEAM_IN_MEMORY]]
+    metadata_path = str(root / "metadata" / "metadata.db")
+
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"downstream task {task}: " in out and "derived from the interactions" in out
+    first = local_runner.summarize(metadata_path, "clue")
+    assert first.executions == {c: "COMPLETE" for c in NO_CATALOGUE}
+    with open(os.path.join(first.evaluation_uri, "results.json")) as f:
+        assert json.load(f)["info"]["task"] == "views_2021"
+
+    # One row changed under the same path (its item becomes another item of the task).
+    with open(task, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    row = rows[0]
+    other = next(r["item_id"] for r in rows if r["item_id"] != row["item_id"])
+    row["item_id"] = other
+    with open(task, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    assert cli.main(argv) == 0
+    second = local_runner.summarize(metadata_path, "clue")
+    rerun = (pl.TASK_EXAMPLE_GEN, pl.EVALUATOR, pl.PUSHER)
+    assert second.executions == {c: ("COMPLETE" if c in rerun else "CACHED")
+                                 for c in NO_CATALOGUE}
+    assert second.evaluation_uri != first.evaluation_uri
+
+    # Lineage: blessing -> Evaluator execution -> its `task` input -> TaskExampleGen.
+    store = _store(metadata_path)
+    node_of = node_ids(store, "clue")
+    evaluations = sorted(i for i, n in node_of.items() if n == pl.EVALUATOR)
+    task_gens = sorted(i for i, n in node_of.items() if n == pl.TASK_EXAMPLE_GEN)
+    assert len(evaluations) == len(task_gens) == 2
+    inputs = [_events(store, i, pb.Event.INPUT) for i in evaluations]
+    assert inputs[0]["task"] != inputs[1]["task"]  # the new examples, not the old ones
+    (blessing_id,) = _events(store, evaluations[1], pb.Event.OUTPUT)["blessing"]
+    assert _producer(store, blessing_id) == evaluations[1]
+    (task_id,) = inputs[1]["task"]
+    assert _producer(store, task_id) == task_gens[1]
+    gen = store.get_executions_by_id([task_gens[1]])[0]
+    assert custom_properties(gen)["input_base"] == str(task.parent)
+    assert json.loads(custom_properties(gen)["input_config"])["splits"][0]["pattern"] == \
+        task.name
+    (user_examples_id,) = inputs[1]["user_examples"]  # the Trainer's records, cached
+    assert user_examples_id == inputs[0]["user_examples"][0]
+    assert node_of[_producer(store, user_examples_id)] == pl.BEHAVIOR_PREPROCESS
+
+    # The new examples hold the changed row.
+    artifact = store.get_artifacts_by_id([task_id])[0]
+    files = glob.glob(os.path.join(artifact.uri, "Split-all", "*"))
+    interactions, _ = load_task_examples(files)
+    changed = interactions[(interactions["user_id"] == row["user_id"])
+                           & (interactions["timestamp"] == int(row["timestamp"]))]
+    assert other in changed["item_id"].tolist()

@@ -1,4 +1,4 @@
-"""Per-user cleaning, splitting and tf.train.Example round trip (clue_keras.records)."""
+"""Per-user cleaning, splitting and tf.train.Example round trip (clue_keras.data.records)."""
 
 import random
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from clue_keras import records as R
+from clue_keras.data import records as R
 
 # One user's rows: (service, timestamp, text).
 ALICE = [
@@ -83,7 +83,7 @@ def test_split_of_stable_when_users_added_and_across_processes():
     assert share["eval"] == pytest.approx(0.10, abs=0.02)
     assert share["test"] == pytest.approx(0.20, abs=0.02)
     # A fresh interpreter (different PYTHONHASHSEED) gives the same splits.
-    code = ("from clue_keras.records import split_of;"
+    code = ("from clue_keras.data.records import split_of;"
             "print(''.join(split_of(f'user-{i}', 10, 20)[1] for i in range(200)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONHASHSEED": "123"}).stdout.strip()
@@ -91,7 +91,7 @@ def test_split_of_stable_when_users_added_and_across_processes():
 
 
 def test_records_module_does_not_import_tensorflow():
-    code = ("import sys, clue_keras.records as r; r.clean_behaviors([('a', 1, 'x')], 2);"
+    code = ("import sys, clue_keras.data.records as r; r.clean_behaviors([('a', 1, 'x')], 2);"
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

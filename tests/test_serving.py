@@ -1,7 +1,7 @@
 """Local TF Serving-compatible server, CLUEClient, `clue embed`, models.config.
 
 By default every test starts ``clue_keras.serving.server`` in-process on port
-0 over a temporary model base directory. To run the same client tests against
+0 over a temporary model base directory (conftest's ``start_serving``). To run the same client tests against
 a real ``tensorflow_model_server`` instead, set
 
 * ``CLUE_SERVING_ADDRESS``: ``host:port`` of its gRPC endpoint;
@@ -23,12 +23,9 @@ and ``doubled`` = 2 x [B, 3].
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import time
-from typing import Optional
 
 import grpc
 import numpy as np
@@ -44,7 +41,7 @@ from tensorflow_serving.apis import (
 
 from clue_keras.serving import models_config
 from clue_keras.serving.client import CLUEClient, ServingError
-from clue_keras.serving.server import list_versions, serve
+from clue_keras.serving.model_manager import list_versions
 
 EXTERNAL_ADDRESS = os.environ.get("CLUE_SERVING_ADDRESS")
 EXTERNAL = bool(EXTERNAL_ADDRESS)
@@ -92,95 +89,29 @@ def save_test_model(path: str, scale: float) -> str:
     return path
 
 
-def push_version(base_path: str, source: str, version: int) -> str:
-    """What the Pusher does: copy under a temporary name, rename into place."""
-    tmp = os.path.join(base_path, f".tmp-push-{version}")
-    shutil.copytree(source, tmp)
-    final = os.path.join(base_path, str(version))
-    os.rename(tmp, final)
-    return final
-
-
-def wait_until(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    """Polls ``predicate`` until truthy (bounded wait, no timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def served_version(client: CLUEClient) -> Optional[int]:
-    try:
-        return client.served_version()
-    except ServingError:
-        return None
-
-
-@dataclasses.dataclass
-class Target:
-    """A server under test and the model versions it serves."""
-
-    address: str
-    model_name: str
-    base_path: str
-    models: dict  # scale -> local SavedModel dir
-    server: object = None  # in-process ServingServer, or None when external
-
-    def client(self, **kwargs) -> CLUEClient:
-        return CLUEClient(self.address, self.model_name, **kwargs)
-
-    def push(self, scale: float) -> int:
-        """Pushes the model for ``scale`` as a new highest version; waits for it."""
-        existing = list_versions(self.base_path)
-        version = max(existing, default=0) + 1
-        push_version(self.base_path, self.models[scale], version)
-        with self.client() as c:
-            wait_until(lambda: served_version(c) == version, what=f"version {version}")
-        return version
-
-
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
+    """The test model at scale 1 and 2: {scale: SavedModel dir}."""
     root = tmp_path_factory.mktemp("saved_models")
     return {scale: save_test_model(str(root / f"scale{scale}"), scale) for scale in (1.0, 2.0)}
 
 
-def _start_target(base_path: str, saved_models, **server_kwargs) -> Target:
-    if EXTERNAL:
-        base = os.environ.get("CLUE_SERVING_BASE_PATH")
-        if not base:
-            pytest.skip("CLUE_SERVING_ADDRESS set without CLUE_SERVING_BASE_PATH")
-        target = Target(EXTERNAL_ADDRESS, os.environ.get("CLUE_SERVING_MODEL", "clue"), base, saved_models)
-        target.push(1.0)
-        return target
-    server_kwargs.setdefault("poll_seconds", 0.05)
-    push_version(base_path, saved_models[1.0], 1)
-    server = serve(base_path, "clue_test", port=0, **server_kwargs)
-    return Target(server.address, "clue_test", base_path, saved_models, server)
-
-
 @pytest.fixture(scope="module")
-def target(saved_models, tmp_path_factory):
-    """One server for the read-only tests: version 1 = scale 1."""
-    t = _start_target(str(tmp_path_factory.mktemp("base")), saved_models, max_batch=64)
+def target(saved_models, start_serving):
+    """One server for the read-only tests: the newest version = scale 1."""
+    t = start_serving(saved_models[1.0], "clue_test", max_batch=64)
     yield t
-    if t.server is not None:
-        t.server.stop(grace=0)
+    t.stop()
 
 
 @pytest.fixture
-def fresh_target(saved_models, tmp_path):
+def fresh_target(saved_models, start_serving, tmp_path):
     """A server of its own, for tests that push or break versions."""
     base = tmp_path / "base"
     base.mkdir()
-    t = _start_target(str(base), saved_models)
+    t = start_serving(saved_models[1.0], "clue_test", base_path=str(base))
     yield t
-    if t.server is not None:
-        t.server.stop(grace=0)
+    t.stop()
 
 
 def reference(saved_model_dir: str, signature: str, **inputs):
@@ -216,9 +147,9 @@ def predict_request(model: str, signature: str = "", **inputs) -> predict_pb2.Pr
 # ------------------------------------------------------------ round trips --
 
 
-def test_predict_matches_saved_model_and_reports_version(target):
+def test_predict_matches_saved_model_and_reports_version(target, saved_models):
     texts = user_texts(5)
-    want = reference(target.models[1.0], "serving_default", item_texts=texts.astype(bytes))
+    want = reference(saved_models[1.0], "serving_default", item_texts=texts.astype(bytes))
     with target.client() as client:
         got = client.predict({"item_texts": texts})
         assert client.last_model_version == client.served_version()
@@ -237,14 +168,14 @@ def test_predict_matches_saved_model_and_reports_version(target):
     assert response.model_spec.version.value == client.last_model_version
 
 
-def test_second_signature_unbatched_input_and_output_filter(target):
+def test_second_signature_unbatched_input_and_output_filter(target, saved_models):
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     w = np.array([1.0, -1.0, 0.5], np.float32)
     with target.client() as client:
         got = client.predict({"x": x, "w": w}, signature="score", unbatched=["w"], output_filter=["y"])
     assert set(got) == {"y"}
     np.testing.assert_allclose(got["y"], x @ w)  # scale 1
-    np.testing.assert_allclose(got["y"], reference(target.models[1.0], "score", x=x, w=w)["y"])
+    np.testing.assert_allclose(got["y"], reference(saved_models[1.0], "score", x=x, w=w)["y"])
 
 
 def test_chunking_splits_and_reassembles_in_order(target):
@@ -394,9 +325,8 @@ def test_local_server_messages_and_limits(target):
 
 
 @local_only
-def test_request_size_cap(saved_models, tmp_path):
-    (tmp_path / "base").mkdir()
-    t = _start_target(str(tmp_path / "base"), saved_models, max_request_bytes=2048)
+def test_request_size_cap(saved_models, start_serving):
+    t = start_serving(saved_models[1.0], "clue_test", max_request_bytes=2048)
     try:
         texts = np.full((40, P, S), b"abcdefghij", dtype=object)  # ~40 * 6 * 12 bytes
         channel, predict_stub, _ = stubs(t.address)
@@ -408,19 +338,19 @@ def test_request_size_cap(saved_models, tmp_path):
             out = client.predict({"item_texts": texts})["embedding"]
         np.testing.assert_array_equal(out, np.full((40, P * S), 10.0, np.float32))
     finally:
-        t.server.stop(grace=0)
+        t.stop()
 
 
 # ----------------------------------------------------------- versions --
 
 
-def test_new_version_is_served_without_restart(fresh_target):
+def test_new_version_is_served_without_restart(fresh_target, saved_models):
     texts = user_texts(3, seed=7)
     lengths = np.vectorize(len)(texts).reshape(3, P * S).astype(np.float32)
     with fresh_target.client() as client:
         before = client.served_version()
         np.testing.assert_array_equal(client.predict({"item_texts": texts})["embedding"], lengths)
-        version = fresh_target.push(2.0)
+        version = fresh_target.push(saved_models[2.0])
         assert version > before
         got = client.predict({"item_texts": texts})
         assert client.last_model_version == version
@@ -430,15 +360,15 @@ def test_new_version_is_served_without_restart(fresh_target):
 
 
 @local_only
-def test_only_saved_models_under_the_base_path_are_loaded(fresh_target, tmp_path):
+def test_only_saved_models_under_the_base_path_are_loaded(fresh_target, saved_models, tmp_path):
     base = fresh_target.base_path
     # Not versions: non-integer names, a temp dir, a dir without saved_model.pb,
     # and a symlink to a SavedModel outside the base path.
-    shutil.copytree(fresh_target.models[2.0], os.path.join(base, "junk"))
-    shutil.copytree(fresh_target.models[2.0], os.path.join(base, "tmp-12"))
+    shutil.copytree(saved_models[2.0], os.path.join(base, "junk"))
+    shutil.copytree(saved_models[2.0], os.path.join(base, "tmp-12"))
     os.makedirs(os.path.join(base, "13", "variables"))
     outside = str(tmp_path / "outside")
-    shutil.copytree(fresh_target.models[2.0], outside)
+    shutil.copytree(saved_models[2.0], outside)
     os.symlink(outside, os.path.join(base, "14"))
     # A broken SavedModel: loading fails, version 1 keeps serving, status says why.
     os.makedirs(os.path.join(base, "9"))
@@ -446,7 +376,7 @@ def test_only_saved_models_under_the_base_path_are_loaded(fresh_target, tmp_path
         f.write(b"this is not a SavedModel")
     assert sorted(list_versions(base)) == [1, 9]
     with fresh_target.client() as client:
-        status = wait_until(lambda: {v: (s, e) for v, s, e in client.status()}.get(9), what="version 9 status")
+        status = fresh_target.wait_until(lambda: {v: (s, e) for v, s, e in client.status()}.get(9), what="version 9 status")
         assert status[0] == "END" and "failed" in status[1]
         assert client.served_version() == 1
         texts = user_texts(2)
@@ -455,8 +385,8 @@ def test_only_saved_models_under_the_base_path_are_loaded(fresh_target, tmp_path
             np.vectorize(len)(texts).reshape(2, P * S).astype(np.float32),
         )
         # A good version above the broken one is still picked up.
-        push_version(base, fresh_target.models[2.0], 10)
-        wait_until(lambda: served_version(client) == 10, what="version 10")
+        fresh_target.base.push(saved_models[2.0], 10)
+        fresh_target.wait_served(10, client)
 
 
 # ------------------------------------------------------- CLI and config --
@@ -465,7 +395,7 @@ def test_only_saved_models_under_the_base_path_are_loaded(fresh_target, tmp_path
 def test_cli_embed_writes_parquet_and_errors(target, tmp_path, capsys):
     import pandas as pd
 
-    from tfx_pipeline.cli import main
+    from clue_cli.main import main
 
     users = [{"user_id": f"u{i}", "items": {"news": ["n" * i], "shopping": ["s", "ss"]}} for i in range(6)]
     users[2]["items"]["news"] = ["z" * MAX_TEXT_BYTES]
@@ -546,7 +476,7 @@ def test_client_retries_transient_errors_with_backoff():
 
 
 def test_models_config_parses_back(tmp_path):
-    from tfx_pipeline.cli import main
+    from clue_cli.main import main
 
     out = tmp_path / "models.config"
     assert main(["serving-config", "--model-name", "clue", "--base-path", "/models/clue",
@@ -564,22 +494,20 @@ def test_models_config_parses_back(tmp_path):
 
 
 @local_only
-def test_clue_serve_binds_loopback_and_stops_on_sigterm(saved_models, tmp_path):
+def test_clue_serve_binds_loopback_and_stops_on_sigterm(saved_models, model_base, tmp_path):
     import selectors
     import signal
     import subprocess
     import sys
 
-    from tfx_pipeline.cli import main
+    from clue_cli.main import main
 
     assert main(["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", "m"]) == 2
 
-    base = tmp_path / "base"
-    base.mkdir()
-    push_version(str(base), saved_models[1.0], 3)
+    model_base.push(saved_models[1.0], 3)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfx_pipeline.cli", "serve", "--model-base-path", str(base),
+        [sys.executable, "-m", "clue_cli.main", "serve", "--model-base-path", model_base.path,
          "--model-name", "m", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
     )

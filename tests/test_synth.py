@@ -1,7 +1,8 @@
-"""Tests for the synthetic data generator (clue_keras.synth) and `clue synth`."""
+"""Tests for the synthetic data generator (clue_synth) and `clue synth`."""
 
 import collections
 import filecmp
+import hashlib
 import json
 import os
 
@@ -10,11 +11,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from clue_keras import synth
-from tfx_pipeline import cli
+import clue_synth as synth
+from clue_cli import main as cli
+from clue_keras.data import formats, tables
+from clue_synth import users as synth_users
 
 N_USERS = 200
 SEED = 3
+
+
+def _interactions(data_dir, task):
+    return tables.read_interactions(tables.task_dir(data_dir, task))
 
 
 def _gen(path, users=N_USERS, **kw):
@@ -30,7 +37,7 @@ def data(tmp_path_factory):
     return {
         "dir": str(out),
         "manifest": manifest,
-        "behaviors": synth.read_behaviors(str(out)),
+        "behaviors": tables.read_behaviors(str(out)),
         "truth": synth.read_user_interests(str(out)).set_index("user_id"),
     }
 
@@ -55,9 +62,34 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
         assert mismatch == [] and errors == [] and len(match) == len(files)
 
 
+# sha256 over (relative path, bytes) of every file, sorted by path; computed with the
+# generator as it was before it moved from clue_keras/synth.py to clue_synth/.
+DIGESTS = {
+    "default_csv": "821619dae6ab8b2f1ee6e72c90ed6c5a4af83b951162e80caab8d0fbe9535206",
+    "jsonl_all_tasks": "85f447f9f43bd68e8872e62a610107129445dcbee21e3ffdcfb151cce0ca69a0",
+}
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for d, _, fs in sorted(os.walk(root)):
+        for path in (os.path.join(d, f) for f in sorted(fs)):
+            with open(path, "rb") as fh:
+                h.update(os.path.relpath(path, root).encode() + b"\0" + fh.read())
+    return h.hexdigest()
+
+
+def test_output_is_byte_identical_to_the_recorded_digest(tmp_path):
+    synth.generate(str(tmp_path / "a"), users=300, seed=7)
+    assert _digest(tmp_path / "a") == DIGESTS["default_csv"]
+    synth.generate(str(tmp_path / "b"), users=300, seed=7, fmt="jsonl",
+                   tasks=("movies", "books", "webtoon"), users_per_shard=120)
+    assert _digest(tmp_path / "b") == DIGESTS["jsonl_all_tasks"]
+
+
 def test_different_seed_changes_data(data, tmp_path):
     other = _gen(tmp_path / "other", seed=SEED + 1, users_per_shard=70)
-    df = synth.read_behaviors(str(tmp_path / "other"))
+    df = tables.read_behaviors(str(tmp_path / "other"))
     assert other["files"] != data["manifest"]["files"]
     assert not df["item_text"].head(50).equals(data["behaviors"]["item_text"].head(50))
 
@@ -66,7 +98,7 @@ def test_rows_do_not_depend_on_sharding(data, tmp_path):
     out = tmp_path / "one_shard"
     manifest = _gen(out, users_per_shard=1000)
     assert manifest["num_shards"] == 1 and data["manifest"]["num_shards"] == 3
-    pd.testing.assert_frame_equal(synth.read_behaviors(str(out)), data["behaviors"])
+    pd.testing.assert_frame_equal(tables.read_behaviors(str(out)), data["behaviors"])
     for rel in ("truth/user_interests.jsonl", "downstream/movies/interactions.csv",
                 "downstream/books/interactions.csv", "downstream/books/catalogue.jsonl"):
         assert filecmp.cmp(out / rel, os.path.join(data["dir"], rel), shallow=False), rel
@@ -75,11 +107,11 @@ def test_rows_do_not_depend_on_sharding(data, tmp_path):
 def test_users_are_a_prefix_of_a_larger_run_and_tasks_do_not_change_behaviours(data, tmp_path):
     small = tmp_path / "small"
     _gen(small, users=50, tasks=("movies",))
-    df = synth.read_behaviors(str(small))
+    df = tables.read_behaviors(str(small))
     first50 = data["behaviors"][data["behaviors"]["user_id"] < synth.user_id_for(50)]
     pd.testing.assert_frame_equal(df, first50.reset_index(drop=True))
-    movies = synth.read_interactions(str(small), "movies")
-    full = synth.read_interactions(data["dir"], "movies")
+    movies = _interactions(str(small), "movies")
+    full = _interactions(data["dir"], "movies")
     pd.testing.assert_frame_equal(movies, full[full["user_id"] < synth.user_id_for(50)].reset_index(drop=True))
 
 
@@ -93,14 +125,14 @@ def test_formats_round_trip_to_the_same_rows(data, tmp_path, fmt):
     assert manifest["format"] == fmt
     assert sorted(os.listdir(out / "behaviors")) == [
         f"behaviors-0000{i}-of-00003.{fmt}" for i in range(3)]
-    df = synth.read_behaviors(str(out))
+    df = tables.read_behaviors(str(out))
     assert list(df.columns) == ["user_id", "service", "timestamp", "item_text"]
     assert df["timestamp"].dtype == np.int64
     # CSV, JSONL and Parquet hold exactly the same rows, text byte for byte.
     pd.testing.assert_frame_equal(df, data["behaviors"])
     for task in ("movies", "books"):
         pd.testing.assert_frame_equal(
-            synth.read_interactions(str(out), task), synth.read_interactions(data["dir"], task))
+            _interactions(str(out), task), _interactions(data["dir"], task))
     if fmt == "parquet":
         schema = pq.read_schema(out / "behaviors" / "behaviors-00000-of-00003.parquet")
         assert [(f.name, str(f.type)) for f in schema] == [
@@ -150,7 +182,7 @@ def test_contains_the_edge_cases_a_pipeline_must_handle(data):
     cold = set(truth.index[truth["services"].map(len) == 0])
     assert 1 <= len(cold) <= 0.15 * N_USERS
     assert not cold & set(df["user_id"])
-    downstream_users = set().union(*(set(synth.read_interactions(data["dir"], t)["user_id"])
+    downstream_users = set().union(*(set(_interactions(data["dir"], t)["user_id"])
                                      for t in ("movies", "books")))
     assert cold <= downstream_users
     assert len(cold) < 0.2 * len(downstream_users)
@@ -176,11 +208,11 @@ def test_manifest_and_truth_agree_with_files(data):
     with open(os.path.join(data["dir"], "manifest.json"), encoding="utf-8") as f:
         assert json.load(f) == m
     # row counts per file are the real ones
-    shard_rows = [len(synth.read_table(p, synth.BEHAVIOR_COLUMNS)) for p in synth.behavior_files(data["dir"])]
+    shard_rows = [len(formats.read_table(p, formats.BEHAVIOR_COLUMNS)) for p in tables.behavior_files(data["dir"])]
     assert shard_rows == [n for f, n in m["files"].items() if f.startswith("behaviors/")]
     assert m["files"]["truth/user_interests.jsonl"] == len(truth) == N_USERS
     for task in ("movies", "books"):
-        assert m["files"][f"downstream/{task}/interactions.csv"] == len(synth.read_interactions(data["dir"], task))
+        assert m["files"][f"downstream/{task}/interactions.csv"] == len(_interactions(data["dir"], task))
         assert m["files"][f"downstream/{task}/catalogue.jsonl"] == len(synth.TOPICS) * synth.ITEMS_PER_TOPIC
     assert m["stats"]["behaviors_per_service"] == df["service"].value_counts().to_dict()
     # truth: 1-3 distinct topics, weights sum to 1 strongest first, services as in the logs
@@ -242,10 +274,10 @@ def test_each_service_reveals_the_ground_truth_topics(data):
 def test_downstream_clicks_concentrate_on_the_users_topics(data):
     truth = data["truth"]
     for task in ("movies", "books"):
-        cat = synth.read_catalogue(data["dir"], task)
+        cat = tables.read_catalogue(tables.task_dir(data["dir"], task))
         assert cat["item_id"].is_unique and cat["item_text"].is_unique
         assert (cat["topic"].value_counts() == synth.ITEMS_PER_TOPIC).all()
-        inter = synth.read_interactions(data["dir"], task)
+        inter = _interactions(data["dir"], task)
         assert not inter.duplicated(["user_id", "item_id"]).any()
         merged = inter.merge(cat, on="item_id", suffixes=("", "_cat"), validate="many_to_one")
         assert (merged["item_text"] == merged["item_text_cat"]).all()
@@ -275,7 +307,7 @@ def test_a_failed_run_leaves_no_manifest_and_no_temp_files(tmp_path, monkeypatch
     out = tmp_path / "d"
     _gen(out, users=30)
     calls = {"n": 0}
-    real = synth._behaviors
+    real = synth_users.behaviors
 
     def flaky(p, rng):
         calls["n"] += 1
@@ -283,7 +315,7 @@ def test_a_failed_run_leaves_no_manifest_and_no_temp_files(tmp_path, monkeypatch
             raise RuntimeError("disk on fire")
         return real(p, rng)
 
-    monkeypatch.setattr(synth, "_behaviors", flaky)
+    monkeypatch.setattr(synth_users, "behaviors", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         _gen(out, users=30)
     assert not (out / "manifest.json").exists()
@@ -307,7 +339,7 @@ def test_generate_rejects_bad_arguments(tmp_path, kwargs, message):
 
 def test_single_service_and_no_tasks(tmp_path):
     m = _gen(tmp_path / "d", users=30, services=("search",), tasks=())
-    df = synth.read_behaviors(str(tmp_path / "d"))
+    df = tables.read_behaviors(str(tmp_path / "d"))
     assert set(df["service"]) == {"search"} and m["tasks"] == []
     assert not (tmp_path / "d" / "downstream").exists()
 
@@ -318,24 +350,25 @@ def test_readers_name_the_file_at_fault(tmp_path):
     bad_csv = bdir / "behaviors-00000-of-00001.csv"
     bad_csv.write_text("user_id,service,item_text\nu1,news,hello\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"behaviors-00000-of-00001\.csv: missing column\(s\) \['timestamp'\]"):
-        synth.read_behaviors(str(tmp_path / "d"))
+        tables.read_behaviors(str(tmp_path / "d"))
     bad_csv.write_text("user_id,service,timestamp,item_text\nu1,news,yesterday,hello\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"\.csv: column 'timestamp' must hold integers"):
-        synth.read_behaviors(str(tmp_path / "d"))
+    # A timestamp that is not one is dropped and counted, as preprocessing does.
+    df = tables.read_behaviors(str(tmp_path / "d"))
+    assert len(df) == 0 and df.attrs["rows_dropped"]["rows_dropped_bad_timestamp"] == 1
     bad_csv.unlink()
     bad_jsonl = bdir / "behaviors-00000-of-00001.jsonl"
     bad_jsonl.write_text('{"user_id": "u1", "service": "news", "timestamp": 1, "item_text": "a"}\n{"user_id": \n',
                          encoding="utf-8")
     with pytest.raises(ValueError, match=r"behaviors-00000-of-00001\.jsonl:2: not valid JSON"):
-        synth.read_behaviors(str(tmp_path / "d"))
+        tables.read_behaviors(str(tmp_path / "d"))
     bad_jsonl.unlink()
     (bdir / "behaviors-00000-of-00001.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ValueError, match=r"behaviors-00000-of-00001\.parquet: cannot parse as parquet"):
-        synth.read_behaviors(str(tmp_path / "d"))
-    with pytest.raises(FileNotFoundError, match="no behaviors/ folder"):
-        synth.read_behaviors(str(tmp_path / "nothing"))
+        tables.read_behaviors(str(tmp_path / "d"))
+    with pytest.raises(FileNotFoundError, match="nothing: no such file or directory"):
+        tables.read_behaviors(str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="no downstream task 'movies'"):
-        synth.read_interactions(str(tmp_path / "d"), "movies")
+        _interactions(str(tmp_path / "d"), "movies")
 
 
 # -------------------------------------------------------------------------- CLI
@@ -352,7 +385,7 @@ def test_cli_writes_a_data_set(tmp_path, capsys):
     assert m["services"] == ["news", "shopping"] and m["tasks"] == ["webtoon"]
     assert m == _gen(tmp_path / "api", users=40, seed=7, fmt="parquet", services=("shopping", "news"),
                      tasks=("webtoon",), users_per_shard=15)
-    webtoon = synth.read_interactions(str(out), "webtoon")
+    webtoon = _interactions(str(out), "webtoon")
     assert len(webtoon) == m["files"]["downstream/webtoon/interactions.parquet"] > 0
 
 

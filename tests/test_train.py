@@ -3,17 +3,18 @@ services far above chance, a killed run resumes exactly, bad configs fail early.
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from clue_keras import synth
+import clue_synth as synth
 from clue_keras.config import PRESETS, TrainConfig
 from clue_keras.cross_service import cross_service_top1
-from clue_keras.data import load_split_arrays
-from clue_keras.prepare import prepare_local
+from clue_keras.data.input import load_split_arrays
+from clue_keras.data.prepare import prepare_local
 from clue_keras.tokenizer import load_vocab_info
 from clue_keras.train import load_pretrainer, make_schedule, train
 
@@ -140,6 +141,10 @@ def test_mismatched_model_config_is_a_clear_error(records, tmp_path, change, mat
 
 
 def test_no_records_is_a_clear_error(records, tmp_path):
-    with pytest.raises(Exception, match="nothing"):
-        train(str(tmp_path / "nothing" / "*"), os.path.join(records, "vocab"), MC,
+    empty = tmp_path / "empty_split"
+    empty.mkdir()
+    pattern = str(empty / "*")
+    # The whole message, anchored: it names the pattern that matched no file.
+    with pytest.raises(FileNotFoundError, match=f"^no files match {re.escape(repr(pattern))}$"):
+        train(pattern, os.path.join(records, "vocab"), MC,
               TrainConfig(train_steps=2, checkpoint_every=2), str(tmp_path / "m"))

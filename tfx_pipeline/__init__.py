@@ -1,1 +1,1 @@
-"""The CLUE TFX pipeline: definition, runners, trainer module and the `clue` CLI."""
+"""The CLUE TFX pipeline: definition, runners and trainer module (the `clue` CLI is `clue_cli`)."""

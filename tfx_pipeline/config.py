@@ -8,21 +8,20 @@ Nothing here imports TFX, so the CLI can build a config cheaply.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 import posixpath
 from typing import Any, Dict, Optional, Tuple
 
-from clue_keras.config import (LOCAL_TRAIN, ModelConfig, TrainConfig, get_preset,
+from clue_keras.config import (LOCAL_TRAIN, PRECISIONS, ModelConfig, TrainConfig, get_preset,
                                model_config_from_dict, to_dict, train_config_from_dict)
+from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
+from clue_keras.data.formats import FORMATS, detect_format  # noqa: F401  (re-exported)
+from clue_keras.data.formats import format_of
 
 #: Input formats the pipeline's ExampleGen understands, by file extension.
-FORMAT_EXTENSIONS = {
-    "csv": (".csv",),
-    "jsonl": (".jsonl", ".json"),
-    "parquet": (".parquet",),
-    "tfrecord": (".tfrecord", ".tfrecord.gz", ".gz"),
-}
+FORMAT_EXTENSIONS = FORMATS
+
+#: The downstream task evaluated by default: ``<data>/downstream/<DEFAULT_EVAL_TASK>``.
+DEFAULT_EVAL_TASK = "movies"
 
 #: Beam options used when the caller gives none: the DirectRunner in
 #: multi-processing mode with one worker per CPU core (0 = auto).
@@ -30,10 +29,6 @@ DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 )
-
-
-#: Values of ``precision`` (``auto`` picks by device, see `clue_keras.precision`).
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +98,9 @@ class PipelineConfig:
         put in the eval and test splits; the rest train.
       bpe_sample_size: at most this many train-split item texts are sampled
         to train the byte-level BPE.
+      max_text_bytes: item texts are cut to this many UTF-8 bytes (at a
+        character boundary) before tokenisation, in preprocessing and, through
+        the vocabulary's ``clue_vocab.json``, in the serving graph; 0: no cap.
       num_shards: output shards per split; 0 lets the Beam runner decide.
       beam_pipeline_args: Beam options for every Beam-powered component
         (ExampleGen, StatisticsGen, BehaviorPreprocess ...). The default is the
@@ -111,15 +109,25 @@ class PipelineConfig:
         --region=R --temp_location=gs://...`` to scale out with the same code.
       enable_cache: reuse outputs of executions whose inputs and properties are
         unchanged (MLMD-based caching).
+      schema_path: a curated schema (``schema.pbtxt``, TFX's text format) that
+        ExampleValidator checks the logs against (ImportSchemaGen). None infers
+        one from this run's statistics (SchemaGen), which can catch nothing
+        that the same statistics do not already show; `clue run` keeps the
+        first inferred schema in ``ROOT/schema/`` and validates later runs
+        against it.
       evaluate: add the ClueEvaluator (downstream evaluation, blessing) and
         the Pusher. False trains only and never pushes (no blessing is faked).
-      eval_task: downstream task name; its directory defaults to
-        ``<data>/downstream/<eval_task>`` (see `evaluation_task_dir`).
-      eval_task_dir: explicit downstream task directory (``interactions.<fmt>``
-        + ``catalogue.jsonl``); overrides ``eval_task``.
-      eval_data_dir: behaviour-log directory the evaluation computes user
-        features from (a `clue synth` directory or one holding
-        ``behaviors/``); default: see `evaluation_data_dir`.
+      eval_task_path: the downstream task's interactions: a file (any name, any
+        format of `FORMAT_EXTENSIONS`) or a directory holding
+        ``interactions.<fmt>`` (read as ``data_format``); default
+        ``<data>/downstream/movies`` (`evaluation_task_path`, the `clue synth`
+        layout). The pipeline reads it with an ExampleGen (``TaskExampleGen``),
+        so the task is an artifact; `clue run` resolves a directory to its file.
+      eval_catalogue_path: the task's catalogue file (``item_id``, optional
+        ``item_text``, ``topic``), read by a second ExampleGen
+        (``TaskCatalogueExampleGen``); None: the catalogue is the distinct items
+        of the interactions with their newest text. `clue run` sets it to the
+        task directory's ``catalogue.<fmt>`` when there is one.
       eval_epochs: training epochs of every downstream model.
       eval_seed: seed of the downstream split, negatives and initialisation.
       margin_over_toppop: the model is blessed only if MRR of U-MLP on CLUE
@@ -146,13 +154,14 @@ class PipelineConfig:
     eval_percent: int = 10
     test_percent: int = 10
     bpe_sample_size: int = 200_000
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     num_shards: int = 0
     beam_pipeline_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
+    schema_path: Optional[str] = None
     evaluate: bool = True
-    eval_task: str = "movies"
-    eval_task_dir: Optional[str] = None
-    eval_data_dir: Optional[str] = None
+    eval_task_path: Optional[str] = None
+    eval_catalogue_path: Optional[str] = None
     eval_epochs: int = 5
     eval_seed: int = 0
     margin_over_toppop: Optional[float] = 0.0
@@ -204,49 +213,50 @@ class PipelineConfig:
         return posixpath.dirname(root) if posixpath.basename(root) == "behaviors" else root
 
     @property
-    def evaluation_task_dir(self) -> str:
-        """``eval_task_dir``, else ``<dataset_root>/downstream/<eval_task>``."""
-        return self.eval_task_dir or posixpath.join(self.dataset_root, "downstream", self.eval_task)
+    def evaluation_task_path(self) -> str:
+        """``eval_task_path``, else ``<dataset_root>/downstream/<DEFAULT_EVAL_TASK>``."""
+        return self.eval_task_path or posixpath.join(self.dataset_root, "downstream",
+                                                     DEFAULT_EVAL_TASK)
 
     @property
-    def evaluation_data_dir(self) -> str:
-        """``eval_data_dir``, else `dataset_root` (which holds ``behaviors/``)."""
-        return self.eval_data_dir or self.dataset_root
+    def evaluation_task_name(self) -> str:
+        """The task's name in the results: its directory's name, or its file's name up
+        to the first dot, or the folder of an ``interactions.<fmt>`` file
+        (``.../downstream/movies[/interactions.csv]`` -> ``movies``)."""
+        path = self.evaluation_task_path.rstrip("/")
+        name = posixpath.basename(path)
+        if not _is_table_file(name):
+            return name
+        stem = name.split(".")[0]
+        if stem == "interactions":
+            return posixpath.basename(posixpath.dirname(path)) or stem
+        return stem
+
+    @property
+    def evaluation_task_input(self) -> Tuple[str, str, str]:
+        """``(input_base, file_pattern, format)`` of the task's ExampleGen, from the path
+        alone (no file is touched): a path with a table extension is the file itself,
+        anything else a directory whose ``interactions.*`` is read as ``data_format``."""
+        return _table_input(self.evaluation_task_path, "interactions.*", self.data_format)
+
+    @property
+    def evaluation_catalogue_input(self) -> Optional[Tuple[str, str, str]]:
+        """``(input_base, file_pattern, format)`` of the catalogue's ExampleGen, or None."""
+        if not self.eval_catalogue_path:
+            return None
+        return _table_input(self.eval_catalogue_path, "catalogue.*", "jsonl")
 
 
-def detect_format(data_root: str) -> Tuple[str, str, str]:
-    """Finds the behaviour files under ``data_root`` and their format.
+def _is_table_file(path: str) -> bool:
+    try:
+        format_of(path)
+        return True
+    except ValueError:
+        return False
 
-    Accepts either the directory holding the files or a `clue synth` output
-    directory (whose ``behaviors/`` sub-directory holds them).
 
-    Returns:
-      ``(input_dir, format, file_pattern)``, the pattern like ``*.csv``.
-
-    Raises:
-      FileNotFoundError: no file with a known extension, naming the directory.
-      ValueError: files of more than one format, naming them.
-    """
-    input_dir = data_root
-    if os.path.isdir(os.path.join(data_root, "behaviors")):
-        input_dir = os.path.join(data_root, "behaviors")
-    found, suffixes = {}, set()
-    for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
-        if not os.path.isfile(path) or os.path.basename(path).startswith("."):
-            continue
-        for fmt, exts in FORMAT_EXTENSIONS.items():
-            ext = next((e for e in exts if path.endswith(e)), None)
-            if ext:
-                found.setdefault(fmt, []).append(path)
-                suffixes.add(ext)
-                break
-    if not found:
-        raise FileNotFoundError(
-            f"no behaviour files (*.csv, *.jsonl, *.parquet, *.tfrecord[.gz]) in {input_dir}")
-    if len(found) > 1:
-        raise ValueError(f"{input_dir} mixes formats: " + "; ".join(
-            f"{fmt}: {', '.join(os.path.basename(p) for p in paths)}"
-            for fmt, paths in sorted(found.items())))
-    fmt = next(iter(found))
-    pattern = "*" + suffixes.pop() if len(suffixes) == 1 else "*"
-    return input_dir, fmt, pattern
+def _table_input(path: str, pattern: str, default_format: str) -> Tuple[str, str, str]:
+    """A table file -> (its folder, its name, its format); a directory -> (it, pattern, default)."""
+    if not _is_table_file(path):  # no table extension: a directory
+        return path.rstrip("/"), pattern, default_format
+    return posixpath.dirname(path), posixpath.basename(path), format_of(path)

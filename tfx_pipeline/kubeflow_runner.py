@@ -33,14 +33,12 @@ def compile_pipeline(config: PipelineConfig, image: str, out_file: str) -> str:
 
     from tfx_pipeline.pipeline import create_pipeline
 
-    out_dir = os.path.dirname(os.path.abspath(out_file))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp_name = "." + os.path.basename(out_file) + ".tmp"
-    if os.path.exists(os.path.join(out_dir, tmp_name)):  # left by a crashed compile
-        os.remove(os.path.join(out_dir, tmp_name))
-    runner = kfp_runner.KubeflowV2DagRunner(
-        config=kfp_runner.KubeflowV2DagRunnerConfig(default_image=image),
-        output_dir=out_dir, output_filename=tmp_name)
-    runner.run(create_pipeline(config), write_out=True)
-    os.replace(os.path.join(out_dir, tmp_name), os.path.abspath(out_file))
-    return os.path.abspath(out_file)
+    from clue_keras.atomic import atomic_file
+
+    out_file = os.path.abspath(out_file)
+    with atomic_file(out_file) as tmp:  # a reader never sees half a spec
+        runner = kfp_runner.KubeflowV2DagRunner(
+            config=kfp_runner.KubeflowV2DagRunnerConfig(default_image=image),
+            output_dir=os.path.dirname(tmp), output_filename=os.path.basename(tmp))
+        runner.run(create_pipeline(config), write_out=True)
+    return out_file

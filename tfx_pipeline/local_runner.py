@@ -97,6 +97,13 @@ class RunSummary:
             lines.append(f"  rows read {s.get('rows_read')}, users read {s.get('users_read')}, "
                          f"kept train/eval/test {s.get('users_train')}/{s.get('users_eval')}/"
                          f"{s.get('users_test')}, services {s.get('services')}")
+            dropped = {k: v for k, v in sorted(s.items())
+                       if (k.startswith(("rows_dropped_", "users_dropped_")) or k in (
+                           "rows_duplicate", "rows_text_capped", "users_kept_single_service"))
+                       and v}
+            if dropped:
+                lines.append("  dropped or changed: " + ", ".join(
+                    f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items()))
         if self.train_result:
             t = self.train_result
             lines.append(f"  model: {t.get('num_params'):,} parameters, {t.get('steps')} steps, "

@@ -9,12 +9,17 @@ ExampleGen (csv | jsonl | parquet | tfrecord)
   -> StatisticsGen -> SchemaGen (or ImportSchemaGen of a curated schema) -> ExampleValidator
   -> BehaviorPreprocess (Beam; fails on any anomaly / missing column / empty input)
   -> Trainer (tfx_pipeline.trainer_module.run_fn)
-  -> Evaluator (ClueEvaluator: downstream task, ModelBlessing)
+TaskExampleGen (the downstream interactions, any format)  [+ TaskCatalogueExampleGen]
+  -> Evaluator (ClueEvaluator: model + BehaviorPreprocess's user_examples + task
+                [+ catalogue] -> evaluation, ModelBlessing)
   -> Pusher (copies the serving SavedModel to <serving_model_dir>/<unix time>/,
              only when the blessing says BLESSED)
 ```
-With ``config.evaluate=False`` the pipeline stops after the Trainer and
-never pushes.
+The task is data: its ExampleGen fingerprints the task file, so a changed
+task re-runs TaskExampleGen, the Evaluator and the Pusher (and nothing else),
+and MLMD's events link a blessing to the task examples it was computed on.
+With ``config.evaluate=False`` the pipeline has no task ExampleGen and no
+Evaluator, stops after the Trainer and never pushes.
 """
 
 from __future__ import annotations
@@ -45,17 +50,29 @@ EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR = (
     "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator")
 BEHAVIOR_PREPROCESS, TRAINER, EVALUATOR, PUSHER = (
     "BehaviorPreprocess", "Trainer", "Evaluator", "Pusher")
+#: ExampleGens of the downstream task's interactions and (when named) its catalogue.
+TASK_EXAMPLE_GEN, CATALOGUE_EXAMPLE_GEN = "TaskExampleGen", "TaskCatalogueExampleGen"
 
 
 def _example_gen(config: PipelineConfig) -> base_node.BaseNode:
-    """TFX's own ExampleGen for the format, writing one split ``all``."""
+    """TFX's own ExampleGen for the behaviour logs' format, writing one split ``all``."""
+    return _file_example_gen(config.data_root, config.file_pattern, config.data_format,
+                             EXAMPLE_GEN)
+
+
+def _file_example_gen(input_base: str, pattern: str, fmt: str,
+                      node_id: str) -> base_node.BaseNode:
+    """TFX's own ExampleGen for ``fmt`` over ``input_base/pattern``, one split ``all``.
+
+    Its driver fingerprints the matching files, so changed data (same path)
+    gives a new ``examples`` artifact and re-runs whatever reads it.
+    """
     input_config = tfx.proto.Input(splits=[
-        tfx.proto.Input.Split(name=RAW_SPLIT, pattern=config.file_pattern)])
+        tfx.proto.Input.Split(name=RAW_SPLIT, pattern=pattern)])
     output_config = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
         tfx.proto.SplitConfig.Split(name=RAW_SPLIT, hash_buckets=1)]))
-    kw = dict(input_base=config.data_root, input_config=input_config,
+    kw = dict(input_base=input_base, input_config=input_config,
               output_config=output_config)
-    fmt = config.data_format
     if fmt == "csv":
         gen = tfx.components.CsvExampleGen(**kw)
     elif fmt == "tfrecord":
@@ -68,26 +85,36 @@ def _example_gen(config: PipelineConfig) -> base_node.BaseNode:
             jsonl_executor.Executor), **kw)
     else:  # PipelineConfig already validates; keep the error for direct callers.
         raise ValueError(f"unsupported data_format {fmt!r}")
-    return gen.with_id(EXAMPLE_GEN)
+    return gen.with_id(node_id)
 
 
-def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode,
-                    user_examples) -> Optional[base_node.BaseNode]:
+def _task_example_gens(config: PipelineConfig) -> List[base_node.BaseNode]:
+    """``TaskExampleGen`` over the task's interactions and, when
+    ``config.eval_catalogue_path`` names one, ``TaskCatalogueExampleGen`` over the
+    catalogue (`PipelineConfig.evaluation_task_input` / `evaluation_catalogue_input`)."""
+    gens = [_file_example_gen(*config.evaluation_task_input, TASK_EXAMPLE_GEN)]
+    if config.evaluation_catalogue_input:
+        gens.append(_file_example_gen(*config.evaluation_catalogue_input,
+                                      CATALOGUE_EXAMPLE_GEN))
+    return gens
+
+
+def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode, user_examples,
+                    task_gens: List[base_node.BaseNode]) -> base_node.BaseNode:
     """The component that blesses (or not) the model: `ClueEvaluator`, id ``Evaluator``.
 
-    It evaluates ``trainer.outputs["model"]`` on the downstream task
-    ``config.evaluation_task_dir`` with user features from
-    ``config.evaluation_data_dir`` and outputs ``evaluation`` and ``blessing``
-    (ModelBlessing). Returns None when ``config.evaluate`` is False; then no
-    Pusher is added either, so nothing is ever pushed unblessed.
+    It evaluates ``trainer.outputs["model"]`` with user features from
+    ``user_examples`` (BehaviorPreprocess's records, what the Trainer read) on the
+    task examples of ``task_gens`` (`_task_example_gens`) and outputs
+    ``evaluation`` and ``blessing`` (ModelBlessing).
     """
-    del user_examples  # features come from the raw logs, as `clue evaluate` computes them
-    if not config.evaluate:
-        return None
+    catalogue = task_gens[1].outputs["examples"] if len(task_gens) > 1 else None
     return ClueEvaluator(
         model=trainer.outputs["model"],
-        task_dir=config.evaluation_task_dir,
-        data_dir=config.evaluation_data_dir,
+        user_examples=user_examples,
+        task=task_gens[0].outputs["examples"],
+        catalogue=catalogue,
+        task_name=config.evaluation_task_name,
         epochs=config.eval_epochs,
         seed=config.eval_seed,
         margin_over_toppop=config.margin_over_toppop,
@@ -126,6 +153,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_percent=config.eval_percent,
         test_percent=config.test_percent,
         bpe_sample_size=config.bpe_sample_size,
+        max_text_bytes=config.max_text_bytes,
         num_shards=config.num_shards,
         input_base=config.data_root,
         input_format=config.data_format,
@@ -142,8 +170,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     components: List[base_node.BaseNode] = [
         example_gen, statistics_gen, schema_gen, example_validator, preprocess, trainer]
 
-    evaluator = _make_evaluator(config, trainer, preprocess.outputs["user_examples"])
-    if evaluator is not None:
+    if config.evaluate:  # else no Evaluator, hence no Pusher: nothing is pushed unblessed
+        task_gens = _task_example_gens(config)
+        evaluator = _make_evaluator(config, trainer, preprocess.outputs["user_examples"],
+                                    task_gens)
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
@@ -151,7 +181,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
                 filesystem=tfx.proto.PushDestination.Filesystem(
                     base_directory=config.serving_model_dir)),
         ).with_id(PUSHER)
-        components += [evaluator, pusher]
+        components += [*task_gens, evaluator, pusher]
 
     metadata = (tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path) if config.metadata_path else None)

@@ -61,7 +61,7 @@ def run_fn(fn_args) -> None:
     Args:
       fn_args: `tfx.components.FnArgs` (see the module docstring for what is read).
     """
-    from clue_keras.distribute import get_strategy
+    from clue_keras.distribute import get_strategy, is_chief
     from clue_keras.export import export_saved_model
     from clue_keras.train import load_pretrainer, train
 
@@ -86,5 +86,7 @@ def run_fn(fn_args) -> None:
                    printer=logging.info)
     logging.info("CLUE run_fn: final loss %.4f after %d steps, %d parameters",
                  result.final_loss, result.steps, result.num_params)
+    if not is_chief(strategy):
+        return  # only the chief exports (it alone wrote pretrainer.keras)
     pretrainer = load_pretrainer(os.path.join(fn_args.model_run_dir, "pretrainer.keras"))
     export_saved_model(pretrainer, vocab_dir, fn_args.serving_model_dir)

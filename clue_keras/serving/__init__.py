@@ -6,7 +6,9 @@
   ``tensorflow_model_server`` binary exists (``clue serve``).
 * ``client``: ``CLUEClient``, for that server or a real TF Serving alike:
   request chunking under the gRPC message limit, deadlines, retries, per-user
-  errors (``clue embed``).
+  errors.
+* ``embed_file``: a JSONL file of users through a served model into Parquet,
+  rejected users into ``<out stem>.errors.jsonl`` (``clue embed``).
 * ``models_config``: a TF Serving ``models.config`` for the same directory
   (``clue serving-config``), for the ``tensorflow/serving`` image::
 
@@ -26,6 +28,7 @@ import importlib
 _EXPORTS = {
     "CLUEClient": "clue_keras.serving.client",
     "ServingError": "clue_keras.serving.client",
+    "embed_jsonl": "clue_keras.serving.embed_file",
     "serve": "clue_keras.serving.server",
     "ServingServer": "clue_keras.serving.server",
     "models_config_text": "clue_keras.serving.models_config",

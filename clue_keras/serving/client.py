@@ -10,7 +10,7 @@
 * every call has a deadline (``timeout_s``), and ``UNAVAILABLE`` and
   ``DEADLINE_EXCEEDED`` are retried with jittered exponential backoff, a
   bounded number of times;
-* ``embed_users`` turns user histories into the dense ``[B, P, S]`` string
+* ``embed_users`` (`clue_keras.serving.user_embedding`) turns user histories into the dense ``[B, P, S]`` string
   tensor of the ``serving_default`` signature (docs/ARCHITECTURE.md) and
   reports a per-user error for a user the model rejects (``INVALID_ARGUMENT``,
   found by bisecting the failing batch) while everybody else still gets an
@@ -28,24 +28,15 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 
+from clue_keras.serving.errors import RETRYABLE, ServingError
+from clue_keras.serving.user_embedding import UserEmbedding
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # Left free under the limit for what ByteSize cannot see (none today; cheap insurance).
 _MESSAGE_SLACK_BYTES = 256
-
-
-class ServingError(Exception):
-    """A failed call: the gRPC ``code``, the server's ``details``, and the rows
-    (indices into the batch given to ``predict``) it concerns, if known."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, rows: Optional[Sequence[int]] = None):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-        self.rows = list(rows) if rows is not None else None
 
 
 def _as_tensor_array(value) -> np.ndarray:
@@ -62,7 +53,7 @@ def _as_tensor_array(value) -> np.ndarray:
     return array
 
 
-class CLUEClient:
+class CLUEClient(UserEmbedding):
     """Client for one model on a TF Serving-compatible gRPC server.
 
     Args:
@@ -328,158 +319,3 @@ class CLUEClient:
             raise ServingError(e.code, e.details, rows=range(lo, hi)) from None
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         parts.append((int(response.model_spec.version.value), outputs))
-
-    # -- CLUE users --
-    def resolve_layout(
-        self, services: Optional[Sequence[str]], max_items: Optional[int], input_name: str = "item_texts"
-    ) -> Tuple[List[str], int]:
-        """Services (P, in model order) and S for ``embed_users``.
-
-        ``services`` must be given (the metadata carries only P); ``max_items``
-        defaults to the S of the signature's ``[B, P, S]`` input. Both are
-        checked against the metadata when it has them.
-        """
-        shape = None
-        try:
-            shape = self.input_shape(input_name)
-        except ServingError as e:
-            if max_items is None:
-                raise
-            log.warning("no model metadata (%s); using the given layout", e)
-        if services is None:
-            raise ValueError(
-                "embed_users needs the model's service list in order "
-                "(clue_vocab.json['services']); pass services=[...]"
-            )
-        services = list(services)
-        if shape is not None:
-            if len(shape) != 3:
-                raise ValueError(f"signature input {input_name!r} has shape {shape}, expected [B, P, S]")
-            if shape[1] is not None and shape[1] != len(services):
-                raise ValueError(f"model expects P={shape[1]} services, got {len(services)}: {services}")
-            if max_items is None:
-                max_items = shape[2]
-            elif shape[2] is not None and shape[2] != max_items:
-                raise ValueError(f"model expects S={shape[2]} items per service, got max_items={max_items}")
-        if max_items is None or max_items < 1:
-            raise ValueError("max_items (S) is unknown: pass max_items=...")
-        return services, int(max_items)
-
-    @staticmethod
-    def user_texts(user: Mapping, services: Sequence[str], max_items: int) -> np.ndarray:
-        """One user's ``[P, S]`` object array of UTF-8 bytes, "" = padding.
-
-        ``user["items"]`` maps service -> texts, oldest first; the newest
-        ``max_items`` non-blank texts of each service are kept, left-aligned.
-        Raises ValueError for unknown services or non-text items.
-        """
-        items = user.get("items")
-        if not isinstance(items, Mapping):
-            raise ValueError(f"'items' must be an object of service -> list of texts, got {type(items).__name__}")
-        unknown = sorted(set(items) - set(services))
-        if unknown:
-            raise ValueError(f"unknown services {unknown}; the model knows {list(services)}")
-        out = np.full((len(services), max_items), b"", dtype=object)
-        for p, service in enumerate(services):
-            texts = items.get(service) or []
-            if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-                raise ValueError(f"items[{service!r}] must be a list of texts")
-            kept = []
-            for j, text in enumerate(texts):
-                if isinstance(text, str):
-                    text = text.encode("utf-8")
-                elif not isinstance(text, bytes):
-                    raise ValueError(f"items[{service!r}][{j}] is {type(text).__name__}, not text")
-                if text.strip():
-                    kept.append(text)
-            kept = kept[-max_items:]
-            out[p, : len(kept)] = kept
-        return out
-
-    def embed_users(
-        self,
-        users: Sequence[Mapping],
-        services: Optional[Sequence[str]] = None,
-        max_items: Optional[int] = None,
-        batch_size: int = 64,
-        input_name: str = "item_texts",
-        output: str = "embedding",
-    ) -> Tuple[np.ndarray, Dict[str, str]]:
-        """Embeds users with the client's signature.
-
-        Args:
-          users: ``{"user_id": str, "items": {service: [text, ...]}}`` each,
-            texts oldest first.
-          services: the model's services in order (``clue_vocab.json``).
-          max_items: S; default from the model metadata.
-          batch_size: users per ``predict`` call (which may split further).
-          input_name, output: signature input ``[B, P, S]`` string and output
-            ``[B, E]`` float names.
-
-        Returns:
-          ``(embeddings, errors)``: float32 ``[len(users), E]`` in input
-          order, NaN rows for failed users (``[len(users), 0]`` if none
-          succeeded), and ``{user_id: message}`` for the failed ones.
-
-        Raises:
-          ServingError: for errors that concern the whole model rather than a
-            user (unknown model or signature, ...).
-          ValueError: a user without ``user_id``, or a bad layout.
-        """
-        results, row_errors = self.embed_users_indexed(
-            users, services, max_items, batch_size, input_name, output
-        )
-        errors = {str(users[i]["user_id"]): message for i, message in row_errors.items()}
-        if not results:
-            return np.full((len(users), 0), np.nan, dtype=np.float32), errors
-        dim = next(iter(results.values())).shape[-1]
-        embeddings = np.full((len(users), dim), np.nan, dtype=np.float32)
-        for i, vector in results.items():
-            embeddings[i] = vector
-        return embeddings, errors
-
-    def embed_users_indexed(
-        self,
-        users: Sequence[Mapping],
-        services: Optional[Sequence[str]] = None,
-        max_items: Optional[int] = None,
-        batch_size: int = 64,
-        input_name: str = "item_texts",
-        output: str = "embedding",
-    ) -> Tuple[Dict[int, np.ndarray], Dict[int, str]]:
-        """``embed_users`` keyed by position in ``users``: ``({row: float32
-        [E] vector}, {row: error message})``; every row is in exactly one."""
-        services, max_items = self.resolve_layout(services, max_items, input_name)
-        errors: Dict[int, str] = {}
-        texts = np.full((len(users), len(services), max_items), b"", dtype=object)
-        valid: List[int] = []
-        for i, user in enumerate(users):
-            if not isinstance(user, Mapping) or "user_id" not in user:
-                raise ValueError(f"users[{i}] has no 'user_id'")
-            try:
-                texts[i] = self.user_texts(user, services, max_items)
-                valid.append(i)
-            except ValueError as e:
-                errors[i] = f"invalid user: {e}"
-        results: Dict[int, np.ndarray] = {}
-        for start in range(0, len(valid), batch_size):
-            self._embed_rows(valid[start : start + batch_size], texts, input_name, output, results, errors)
-        return results, errors
-
-    def _embed_rows(self, rows, texts, input_name, output, results, errors) -> None:
-        try:
-            out = self.predict({input_name: texts[rows]}, output_filter=[output])[output]
-        except ServingError as e:
-            per_user = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-            if e.code in per_user and len(rows) > 1:
-                mid = len(rows) // 2  # Find the user(s) the model (or the size limit) rejects.
-                self._embed_rows(rows[:mid], texts, input_name, output, results, errors)
-                self._embed_rows(rows[mid:], texts, input_name, output, results, errors)
-                return
-            if e.code in per_user or e.code in RETRYABLE:
-                for i in rows:  # This user, or a batch the server could not be reached for.
-                    errors[i] = f"{e.code.name}: {e.details}"
-                return
-            raise
-        for i, vector in zip(rows, np.asarray(out, dtype=np.float32)):
-            results[i] = vector

@@ -1,17 +1,26 @@
 """ClueEvaluator: the downstream evaluation gate between the Trainer and the Pusher.
 
 Spec / executor / component split as in tfx
-``examples/custom_components/hello_world``. Input ``model`` is the Trainer's
-Model artifact; the executor (`executor.Executor`) computes CLUE features
-with its serving SavedModel (``<model.uri>/Format-Serving``) for the
-behaviour logs in ``data_dir``, builds an untrained-encoder baseline with the
-same architecture and vocabulary, and trains TopPop, U-MLP (CLUE),
-U-MLP (Untrained) and, when ``sequence_models`` is 1, T-UBM (BST) and
-Hybrid on the downstream task in ``task_dir`` (`clue_tfrs.run`).
+``examples/custom_components/hello_world``. Inputs, all artifacts:
 
-Blessed iff MRR(U-MLP (CLUE)) > MRR(TopPop) + ``margin_over_toppop`` and
-> MRR(U-MLP (Untrained)) + ``margin_over_untrained`` (a margin of None skips
-that comparison). The ``blessing`` output follows TFX's Evaluator: a
+* ``model``: the Trainer's Model (serving SavedModel under ``Format-Serving``);
+* ``user_examples``: BehaviorPreprocess's per-user records (every split), the
+  records the Trainer read: user features through the model's ``embed_tokens``
+  signature; task users without a record are cold-start (zero vector);
+* ``task``: the downstream interactions as tf.Examples (the pipeline's
+  ``TaskExampleGen``), so a changed task file re-runs the evaluation and MLMD
+  lineage names the task a blessing came from;
+* ``catalogue`` (optional): the catalogue as tf.Examples; without it the
+  catalogue is the distinct items of the interactions with their newest text.
+
+The executor (`executor.Executor`) builds an untrained-encoder baseline with the
+same architecture and vocabulary on the same records and trains TopPop,
+U-MLP (CLUE), U-MLP (Untrained) and, when ``sequence_models`` is 1, T-UBM (BST)
+and Hybrid (`clue_tfrs.run`).
+
+The verdict is the rule of `blessing.blessing_decision` with the margins
+``margin_over_toppop`` / ``margin_over_untrained`` on MRR (a margin of None
+skips that comparison). The ``blessing`` output follows TFX's Evaluator: a
 ``BLESSED`` / ``NOT_BLESSED`` file and custom property ``blessed`` = 1 / 0,
 so the stock ``Pusher(model_blessing=...)`` pushes only blessed models.
 """
@@ -35,11 +44,8 @@ class ClueEvaluatorSpec(types.ComponentSpec):
     """Inputs, outputs and parameters of ClueEvaluator."""
 
     PARAMETERS = {
-        # Downstream task: <dir>/interactions.<fmt> + <dir>/catalogue.jsonl.
-        "task_dir": ExecutionParameter(type=str),
-        # Behaviour logs the user features are computed from (a `clue synth`
-        # directory, or one holding behaviors/); default two levels above task_dir.
-        "data_dir": ExecutionParameter(type=str, optional=True),
+        # The task's name in the results (a label; the data is the `task` input).
+        "task_name": ExecutionParameter(type=str, optional=True),
         # Training epochs of every downstream model.
         "epochs": ExecutionParameter(type=int),
         # Seed of the user split, negative sampling, initialisation.
@@ -52,6 +58,9 @@ class ClueEvaluatorSpec(types.ComponentSpec):
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
+        "user_examples": ChannelParameter(type=standard_artifacts.Examples),
+        "task": ChannelParameter(type=standard_artifacts.Examples),
+        "catalogue": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -68,8 +77,10 @@ class ClueEvaluator(base_component.BaseComponent):
     def __init__(
         self,
         model: types.BaseChannel,
-        task_dir: str,
-        data_dir: Optional[str] = None,
+        user_examples: types.BaseChannel,
+        task: types.BaseChannel,
+        catalogue: Optional[types.BaseChannel] = None,
+        task_name: Optional[str] = None,
         epochs: int = 3,
         seed: int = 0,
         margin_over_toppop: Optional[float] = 0.0,
@@ -80,9 +91,11 @@ class ClueEvaluator(base_component.BaseComponent):
 
         Args:
           model: the Trainer's ``model`` output.
-          task_dir: downstream task directory (``<data>/downstream/<task>``).
-          data_dir: behaviour-log directory for the user features; default:
-            two levels above ``task_dir`` (the `clue synth` layout).
+          user_examples: BehaviorPreprocess's ``user_examples`` output.
+          task: the task ExampleGen's ``examples`` (the interactions).
+          catalogue: the catalogue ExampleGen's ``examples``; None derives the
+            catalogue from the interactions.
+          task_name: the task's name in the results (default ``task``).
           epochs: training epochs of each downstream model (>= 1).
           seed: seed of splits, negatives and initialisation.
           margin_over_toppop: MRR margin U-MLP (CLUE) must beat TopPop by;
@@ -93,8 +106,8 @@ class ClueEvaluator(base_component.BaseComponent):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         spec = ClueEvaluatorSpec(
-            model=model, task_dir=task_dir, data_dir=data_dir, epochs=int(epochs),
-            seed=int(seed),
+            model=model, user_examples=user_examples, task=task, catalogue=catalogue,
+            task_name=task_name, epochs=int(epochs), seed=int(seed),
             margin_over_toppop=None if margin_over_toppop is None else float(margin_over_toppop),
             margin_over_untrained=(None if margin_over_untrained is None
                                    else float(margin_over_untrained)),

@@ -1,5 +1,17 @@
 """ClueEvaluator executor: `clue_tfrs.run.run_evaluation` on the Trainer's model, then a blessing.
 
+The executor does artifact I/O and validation; the table comes from
+`clue_tfrs.run`, the verdict from the rule in `components.clue_evaluator.blessing`
+(applied here, in this process, to the written results.json).
+
+Inputs, all artifacts (so a change of any re-runs it and MLMD records which
+were used): ``model`` (the serving SavedModel under ``Format-Serving``),
+``user_examples`` (BehaviorPreprocess's per-user records, every split: the user
+features, `clue_tfrs.features.record_features`), ``task`` (the task
+ExampleGen's tf.Examples of the interactions, every split) and optionally
+``catalogue`` (the catalogue's tf.Examples; without it the catalogue is
+derived from the interactions): `clue_tfrs.task_examples`.
+
 The evaluation is TFRS (Keras 2) code, so ``tf.keras`` must be the ``tf_keras``
 package in the process that runs it, i.e. ``TF_USE_LEGACY_KERAS=1`` before
 TensorFlow is first imported. `clue run` and the test suite set it. When the
@@ -28,7 +40,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from tfx import types
@@ -39,10 +51,11 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
-#: Files the evaluation writes into the ``evaluation`` artifact.
+from components.clue_evaluator.blessing import blessing_decision, write_verdict
+
+#: Files the evaluation writes into the ``evaluation`` artifact (the executor adds blessing.json).
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-BLESSING_JSON = "blessing.json"
 
 #: Prefix of the per-model MRR custom properties of the ``evaluation`` artifact.
 MRR_PROPERTY_PREFIX = "mrr/"
@@ -53,8 +66,7 @@ _MODULE = "components.clue_evaluator.executor"
 #: Execution properties and the value an absent one stands for. A margin that
 #: is absent (the component was given None) skips that comparison.
 PARAMETER_DEFAULTS: Dict[str, Any] = {
-    "task_dir": None,
-    "data_dir": None,
+    "task_name": "task",
     "epochs": 3,
     "seed": 0,
     "margin_over_toppop": None,
@@ -62,41 +74,64 @@ PARAMETER_DEFAULTS: Dict[str, Any] = {
     "sequence_models": 1,
 }
 
+#: The parameters of the blessing rule (the rest go to `run_evaluation`).
+GATE_PARAMETERS = ("margin_over_toppop", "margin_over_untrained")
+
 
 class EvaluationConfigError(ValueError):
     """An execution property of ClueEvaluator is missing or out of range."""
 
 
 def evaluation_params(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-    """Validated keyword arguments of `clue_tfrs.run.run_evaluation` (minus model / out dirs).
+    """Validated execution properties: the keyword arguments of
+    `clue_tfrs.run.run_evaluation` (minus model / out dirs and the data, which
+    come from the input artifacts) and the `GATE_PARAMETERS`.
 
     Raises:
-      EvaluationConfigError: no ``task_dir``, ``epochs`` < 1, or a task
-        directory that does not exist (naming the property and the path).
+      EvaluationConfigError: ``epochs`` < 1 (naming the property).
     """
     p = {k: exec_properties.get(k, d) for k, d in PARAMETER_DEFAULTS.items()}
-    if not p["task_dir"]:
-        raise EvaluationConfigError(
-            "ClueEvaluator: execution property 'task_dir' (the downstream task directory "
-            "with interactions.* and catalogue.jsonl) is required")
-    if not fileio.isdir(p["task_dir"]):
-        raise EvaluationConfigError(
-            f"ClueEvaluator: task_dir {p['task_dir']!r} is not a directory "
-            "(expected <data>/downstream/<task>/ as `clue synth` writes it)")
-    if p["data_dir"] and not fileio.isdir(p["data_dir"]):
-        raise EvaluationConfigError(
-            f"ClueEvaluator: data_dir {p['data_dir']!r} (behaviour logs for the user "
-            "features) is not a directory")
-    if int(p["epochs"]) < 1:
+    if p["epochs"] is None or int(p["epochs"]) < 1:
         raise EvaluationConfigError(f"ClueEvaluator: epochs must be >= 1, got {p['epochs']}")
     return {
-        "task_dir": str(p["task_dir"]),
-        "data_dir": str(p["data_dir"]) if p["data_dir"] else None,
+        "task_name": str(p["task_name"] or PARAMETER_DEFAULTS["task_name"]),
         "epochs": int(p["epochs"]),
         "seed": int(p["seed"]),
         "margin_over_toppop": _margin(p["margin_over_toppop"]),
         "margin_over_untrained": _margin(p["margin_over_untrained"]),
         "sequence_models": bool(int(p["sequence_models"])),
+    }
+
+
+def example_files(artifact: types.Artifact, what: str) -> List[str]:
+    """The record files of every split of an Examples artifact, sorted.
+
+    Raises:
+      FileNotFoundError: the artifact has no record file, naming ``what`` and its uri.
+    """
+    splits = artifact_utils.decode_split_names(artifact.split_names) or []
+    files = []
+    for split in splits:
+        uri = artifact_utils.get_split_uri([artifact], split)
+        files += [f for f in fileio.glob(os.path.join(uri, "*")) if not fileio.isdir(f)]
+    if not files:
+        raise FileNotFoundError(f"ClueEvaluator: the {what} artifact {artifact.uri} has no "
+                                f"record files (splits {splits})")
+    return sorted(files)
+
+
+def data_params(input_dict: Dict[str, List[types.Artifact]]) -> Dict[str, Any]:
+    """The data keyword arguments of `run_evaluation` from the input artifacts:
+    ``records`` (the ``user_examples`` directory), ``task_examples`` and
+    ``catalogue_examples`` (record files; None without a ``catalogue`` input)."""
+    users = artifact_utils.get_single_instance(input_dict["user_examples"])
+    task = artifact_utils.get_single_instance(input_dict["task"])
+    catalogue = input_dict.get("catalogue") or []
+    return {
+        "records": users.uri,
+        "task_examples": example_files(task, "task"),
+        "catalogue_examples": (example_files(artifact_utils.get_single_instance(catalogue),
+                                             "catalogue") if catalogue else None),
     }
 
 
@@ -116,13 +151,23 @@ def tf_keras_is_keras2() -> bool:
     return getattr(tf.keras, "__name__", "").startswith("tf_keras")
 
 
+def split_params(params: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``evaluation_params`` -> (`run_evaluation` keyword arguments, blessing margins)."""
+    run = {k: v for k, v in params.items() if k not in GATE_PARAMETERS}
+    gate = {k: params.get(k) for k in GATE_PARAMETERS}
+    return run, gate
+
+
 def evaluate_in_process(model_dir: str, out_dir: str, params: Dict[str, Any]) -> None:
-    """Runs the evaluation here; writes results.* and blessing.json to ``out_dir``."""
+    """Runs the evaluation here; writes results.* to ``out_dir``.
+
+    ``params``: keyword arguments of `clue_tfrs.run.run_evaluation` (no margins).
+    """
     import clue_tfrs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from clue_tfrs.run import run_evaluation  # pylint: disable=import-outside-toplevel
 
     outcome = run_evaluation(model_dir, out_dir=out_dir, **params)
-    logging.info("ClueEvaluator: %s", outcome.reason)
+    logging.info("ClueEvaluator: wrote %s", ", ".join(sorted(outcome.paths.values())))
 
 
 def evaluate_in_subprocess(model_dir: str, out_dir: str, params: Dict[str, Any]) -> None:
@@ -149,21 +194,17 @@ def evaluate_in_subprocess(model_dir: str, out_dir: str, params: Dict[str, Any])
                            f"{text[-3000:]}")
 
 
-def read_outcome(out_dir: str) -> Dict[str, Any]:
-    """``{"blessed": bool, "reason": str, "table": results.json dict}`` from ``out_dir``.
+def read_results(out_dir: str) -> Dict[str, Any]:
+    """The results.json dict the evaluation wrote into ``out_dir``.
 
     Raises:
-      RuntimeError: a results file is missing (the evaluation did not finish).
+      RuntimeError: it is missing (the evaluation did not finish).
     """
-    out = {}
-    for key, name in (("blessing", BLESSING_JSON), ("table", RESULTS_JSON)):
-        path = os.path.join(out_dir, name)
-        if not fileio.exists(path):
-            raise RuntimeError(f"ClueEvaluator: the evaluation wrote no {path}")
-        with fileio.open(path) as f:
-            out[key] = json.loads(f.read())
-    return {"blessed": bool(out["blessing"]["blessed"]), "reason": str(out["blessing"]["reason"]),
-            "table": out["table"]}
+    path = os.path.join(out_dir, RESULTS_JSON)
+    if not fileio.exists(path):
+        raise RuntimeError(f"ClueEvaluator: the evaluation wrote no {path}")
+    with fileio.open(path) as f:
+        return json.loads(f.read())
 
 
 def mrr_by_model(table: Dict[str, Any]) -> Dict[str, float]:
@@ -208,7 +249,9 @@ class Executor(base_executor.BaseExecutor):
 
         Args:
           input_dict: ``model``: the Trainer's Model artifact (serving
-            SavedModel under ``Format-Serving``).
+            SavedModel under ``Format-Serving``); ``user_examples``:
+            BehaviorPreprocess's records; ``task``: the task's tf.Examples;
+            optionally ``catalogue``: the catalogue's tf.Examples.
           output_dict: ``evaluation`` (ModelEvaluation), ``blessing`` (ModelBlessing).
           exec_properties: see `PARAMETER_DEFAULTS` / `ClueEvaluatorSpec`.
 
@@ -229,21 +272,24 @@ class Executor(base_executor.BaseExecutor):
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         fileio.makedirs(evaluation.uri)
 
+        run_params, gate = split_params(params)
+        run_params.update(data_params(input_dict))
         if tf_keras_is_keras2():
-            evaluate_in_process(model_dir, evaluation.uri, params)
+            evaluate_in_process(model_dir, evaluation.uri, run_params)
         else:
-            evaluate_in_subprocess(model_dir, evaluation.uri, params)
+            evaluate_in_subprocess(model_dir, evaluation.uri, run_params)
 
-        outcome = read_outcome(evaluation.uri)
-        for column, mrr in mrr_by_model(outcome["table"]).items():
+        table = read_results(evaluation.uri)
+        blessed, reason = blessing_decision(table, **gate)
+        write_verdict(evaluation.uri, blessed, reason)
+        for column, mrr in mrr_by_model(table).items():
             evaluation.set_float_custom_property(MRR_PROPERTY_PREFIX + column, mrr)
-        evaluation.set_int_custom_property("blessed", int(outcome["blessed"]))
-        evaluation.set_string_custom_property("reason", outcome["reason"])
-        evaluation.set_string_custom_property(
-            "task", os.path.basename(params["task_dir"].rstrip("/")))
-        write_blessing(blessing, outcome["blessed"], outcome["reason"], model)
+        evaluation.set_int_custom_property("blessed", int(blessed))
+        evaluation.set_string_custom_property("reason", reason)
+        evaluation.set_string_custom_property("task", params["task_name"])
+        write_blessing(blessing, blessed, reason, model)
         logging.info("ClueEvaluator: %s (results in %s, blessing in %s)",
-                     outcome["reason"], evaluation.uri, blessing.uri)
+                     reason, evaluation.uri, blessing.uri)
 
 
 def _main(argv: List[str]) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks behind docs/PERFORMANCE.md (`clue bench train|preprocess|serve`)."""

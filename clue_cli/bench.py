@@ -1,0 +1,145 @@
+"""`clue bench train|preprocess|serve`: the benchmarks behind docs/PERFORMANCE.md
+(library: `clue_bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from clue_cli._args import add_beam_arg, add_model_args, comma_ints
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (see docs/PERFORMANCE.md)")
+    bsub = bench.add_subparsers(dest="bench", metavar="WHAT")
+    bsub.required = True
+    _add_train(bsub)
+    _add_preprocess(bsub)
+    _add_serve(bsub)
+
+
+def _write_json(path: str, obj) -> None:
+    from clue_keras.atomic import write_json_atomic
+
+    write_json_atomic(os.path.abspath(path), obj)
+
+
+# -- clue bench train ---------------------------------------------------------
+
+
+def _add_train(bsub) -> None:
+    b = bsub.add_parser("train", help="training throughput and FLOP/s vs a matmul in the same run")
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--fill", type=float, default=0.5,
+                   help="share of item/token slots that hold real data in the synthetic batch")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    add_model_args(b)
+    b.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from clue_keras.distribute import get_strategy
+
+    strategy = get_strategy(args.cpu_replicas)  # before anything else initialises TensorFlow
+
+    from clue_bench.train import bench_train
+
+    res = bench_train(args.preset, steps=args.steps, batch_size=args.batch_size,
+                      fill=args.fill, precision=args.precision, strategy=strategy)
+    for k, v in res.items():
+        print(f"{k:<34} {v:,.4g}" if isinstance(v, float) else f"{k:<34} {v}")
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+# -- clue bench preprocess ----------------------------------------------------
+
+
+def _add_preprocess(bsub) -> None:
+    from clue_bench import preprocess  # light: standard library at import time
+
+    b = bsub.add_parser(
+        "preprocess", help="BehaviorPreprocess (Beam) and prepare_local time vs number of users",
+        description=preprocess.__doc__.split("\n\n", 1)[1] if preprocess.__doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--users", type=int, nargs="+", default=list(preprocess.DEFAULT_USERS),
+                   metavar="N", help="user counts (default: %(default)s)")
+    b.add_argument("--preset", default="clue-4m",
+                   help="model preset fixing S, L and the vocabulary size (default %(default)s)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--work", help="working directory (default: a temporary one)")
+    b.add_argument("--keep", action="store_true", help="keep the data and outputs in --work")
+    b.add_argument("--beam-mode", default="multi_processing",
+                   choices=["multi_processing", "multi_threading", "in_memory"])
+    b.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
+    b.add_argument("--no-local", action="store_true", help="skip prepare_local")
+    b.add_argument("--baseline-users", type=int, default=100,
+                   help="small run measured first for the fixed cost; marginal rates are "
+                        "relative to it (0: skip; default %(default)s)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.set_defaults(func=_run_preprocess)
+
+
+def _run_preprocess(args) -> int:
+    import logging
+
+    from clue_bench.preprocess import bench_preprocess, format_report
+
+    # The portable DirectRunner relays every worker's start-up warnings; keep the output readable.
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    result = bench_preprocess(args.users, work_dir=args.work, preset=args.preset, seed=args.seed,
+                              beam_mode=args.beam_mode, workers=args.workers,
+                              run_local=not args.no_local, keep=args.keep,
+                              baseline_users=args.baseline_users)
+    print(format_report(result))
+    if args.json:
+        _write_json(args.json, result)
+        print(f"wrote {os.path.abspath(args.json)}")
+    return 0
+
+
+# -- clue bench serve ---------------------------------------------------------
+
+
+def _add_serve(bsub) -> None:
+    b = bsub.add_parser("serve", help="serving latency/throughput (local gRPC server) and batch-export users/s")
+    b.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
+    b.add_argument("--requests", type=int, default=300, help="one-user requests per concurrency level")
+    b.add_argument("--concurrency", default="1,8,32", help="comma-separated client thread counts")
+    b.add_argument("--max-seconds", type=float, default=60.0, help="time cap per concurrency level")
+    b.add_argument("--preset", default="tiny", help="preset of the untrained model when --model is not given")
+    b.add_argument("--model", help="an existing CLUE serving SavedModel to benchmark instead")
+    b.add_argument("--server-threads", type=int, default=32, help="gRPC worker threads of the server")
+    b.add_argument("--export-dtype", default="float32", choices=["float32", "float16", "int8"])
+    b.add_argument("--skip-export", action="store_true", help="do not time the batch export")
+    add_beam_arg(b, "Beam option for the batch export")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workdir", help="keep data and models here (default: a temporary directory)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    try:
+        levels = comma_ints(args.concurrency)
+    except ValueError:
+        print(f"clue bench serve: --concurrency must be comma-separated integers, got {args.concurrency!r}",
+              file=sys.stderr)
+        return 2
+    if not levels or min(levels) < 1 or args.users < 1 or args.requests < 1:
+        print("clue bench serve: need --users, --requests and every concurrency >= 1", file=sys.stderr)
+        return 2
+    from clue_bench.serve import bench_serve, format_table
+
+    res = bench_serve(users=args.users, requests=args.requests, concurrency=levels,
+                      max_seconds=args.max_seconds, preset=args.preset, model=args.model,
+                      server_threads=args.server_threads, export=not args.skip_export,
+                      export_dtype=args.export_dtype, beam_args=args.beam_arg, seed=args.seed,
+                      workdir=args.workdir)
+    print(format_table(res))
+    if args.json:
+        _write_json(args.json, res)
+    return 0

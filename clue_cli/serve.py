@@ -1,0 +1,163 @@
+"""`clue serve`, `clue embed` and `clue serving-config`.
+
+* ``clue serve --model-base-path DIR --model-name NAME [--port 8500]``: the
+  local TF Serving-compatible gRPC server (``clue_keras.serving.server``).
+* ``clue embed --server HOST:PORT --model NAME --input users.jsonl --out
+  embeddings.parquet --services a,b``: user embeddings from any TF
+  Serving-compatible server into Parquet (``user_id``, ``embedding``
+  list<float>); users the model rejects go to ``<out stem>.errors.jsonl``.
+* ``clue serving-config --model-name NAME --base-path /models/NAME --out
+  models.config``: a TF Serving ``models.config`` for the tensorflow/serving
+  image.
+
+Exit codes: 0 success; 1 ``embed`` finished but some users failed; 2 bad
+arguments or input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def add_parser(subparsers) -> None:
+    from clue_keras.serving.server import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_REQUEST_BYTES,
+        DEFAULT_POLL_SECONDS,
+        DEFAULT_THREADS,
+    )
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a SavedModel directory over TF Serving's gRPC API (local development)",
+        description="Serve <model-base-path>/<version>/saved_model.pb over TensorFlow Serving's "
+        "gRPC PredictionService and ModelService. Serves the highest version and picks up new "
+        "ones without a restart. Stops on SIGTERM / SIGINT.",
+    )
+    p.add_argument("--model-base-path", required=True, help="directory of <integer version>/ SavedModels")
+    p.add_argument("--model-name", required=True, help="the model name clients ask for")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1 = this machine only)")
+    p.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="how often to look for new versions")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest request accepted, bytes (default 4 MiB, gRPC's default)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="largest batch (dimension 0) per request; 0 = no limit")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="gRPC worker threads")
+    p.set_defaults(func=_run_serve)
+
+    p = subparsers.add_parser(
+        "embed",
+        help="embed users from a JSONL file with a served model, into Parquet",
+        description="Read users ({\"user_id\": ..., \"items\": {service: [texts, oldest first]}} per line), "
+        "embed them through a TF Serving-compatible server, write user_id + embedding to Parquet. "
+        "Users the model rejects are listed in <out stem>.errors.jsonl.",
+    )
+    p.add_argument("--server", required=True, help="HOST:PORT of the gRPC server")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--input", required=True, help="users JSONL file")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--services", help="comma-separated services in model order (else from --vocab)")
+    p.add_argument("--vocab", help="clue_vocab.json, or the vocab directory holding it (services, max_items)")
+    p.add_argument("--max-items", type=int, help="S, items per service (default: from the model metadata)")
+    p.add_argument("--signature", default="serving_default")
+    p.add_argument("--input-name", default="item_texts", help="signature input [B, P, S] string")
+    p.add_argument("--output", default="embedding", help="signature output [B, E] float")
+    p.add_argument("--batch-size", type=int, default=64, help="users per request (split further if too big)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    p.add_argument("--max-message-bytes", type=int, default=4 << 20, help="largest request sent, bytes")
+    p.set_defaults(func=_run_embed)
+
+    p = subparsers.add_parser(
+        "serving-config",
+        help="write a TF Serving models.config for the tensorflow/serving image",
+        description="Write a ModelServerConfig text proto. Repeat --model-name/--base-path for several models.",
+    )
+    p.add_argument("--model-name", action="append", required=True)
+    p.add_argument("--base-path", action="append", required=True,
+                   help="absolute path as the server sees it, e.g. /models/NAME")
+    p.add_argument("--num-versions", type=int, default=1, help="newest versions to keep loaded per model")
+    p.add_argument("--out", help="output file (default: stdout)")
+    p.set_defaults(func=_run_serving_config)
+
+
+# -- serve --------------------------------------------------------------------
+
+
+def _run_serve(args) -> int:
+    from clue_keras.serving import server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handle = server.serve(
+            args.model_base_path, args.model_name, port=args.port, host=args.host,
+            poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
+            max_batch=args.max_batch, threads=args.threads,
+        )
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"clue serve: {e}", file=sys.stderr)
+        return 2
+    print(f"serving model {args.model_name!r} from {args.model_base_path} on {handle.address}", flush=True)
+    server.run_until_signalled(handle)
+    return 0
+
+
+# -- serving-config -----------------------------------------------------------
+
+
+def _run_serving_config(args) -> int:
+    from clue_keras.serving import models_config
+
+    if len(args.model_name) != len(args.base_path):
+        print("clue serving-config: give one --base-path per --model-name", file=sys.stderr)
+        return 2
+    models = list(zip(args.model_name, args.base_path))
+    try:
+        if args.out:
+            models_config.write_models_config(args.out, models, args.num_versions)
+            print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(models_config.models_config_text(models, args.num_versions))
+    except ValueError as e:
+        print(f"clue serving-config: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- embed --------------------------------------------------------------------
+
+
+def _run_embed(args) -> int:
+    from clue_keras.serving.client import CLUEClient, ServingError
+    from clue_keras.serving.embed_file import embed_jsonl, layout_from_vocab
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    services, max_items = None, args.max_items
+    try:
+        if args.vocab:
+            services, vocab_items = layout_from_vocab(args.vocab)
+            max_items = max_items or vocab_items
+        if args.services:
+            services = [s.strip() for s in args.services.split(",") if s.strip()]
+        with CLUEClient(
+            args.server, args.model, signature=args.signature, timeout_s=args.timeout,
+            max_message_bytes=args.max_message_bytes,
+        ) as client:
+            # One version for the whole file: if it is replaced mid-run, the
+            # run fails (NOT_FOUND) instead of mixing embeddings of two models.
+            client.version = client.served_version()
+            summary = embed_jsonl(
+                client, args.input, args.out, services, max_items, batch_size=args.batch_size,
+                input_name=args.input_name, output=args.output,
+            )
+    except (ValueError, OSError, ServingError) as e:
+        print(f"clue embed: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"embedded {summary['embedded']} of {summary['users']} users (dim {summary['dim']}, "
+        f"model {args.model!r} version {client.version}) "
+        f"-> {summary['out']}"
+        + (f"; {summary['errors']} failed, see {summary['errors_path']}" if summary["errors"] else "")
+    )
+    return 1 if summary["errors"] else 0

@@ -1,0 +1,141 @@
+"""tf.data input pipeline over the per-user TFRecords of BehaviorPreprocess.
+
+Records (docs/ARCHITECTURE.md) hold, per service, flat token ids and per-item
+lengths; :func:`make_dataset` turns a batch of them into dense
+``token_ids`` int32 [B, P, S, L] (items oldest first and left-aligned, padding
+after) with ``tf.io.RaggedFeature`` + ``RaggedTensor.to_tensor``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from clue_keras.data.records import USER_ID_KEY, lengths_key, tokens_key
+from clue_keras.tokenizer import VocabInfo
+
+FilePattern = Union[str, Sequence[str]]
+
+
+def list_files(file_pattern: FilePattern) -> List[str]:
+    """Sorted files matching a glob pattern or a list of patterns; error if none."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    if not files:
+        raise FileNotFoundError(f"no files match {file_pattern!r}")
+    return files
+
+
+def _check_features(files: Sequence[str], vocab_info: VocabInfo, compression: str) -> None:
+    """Checks the first record of every file carries every feature of ``vocab_info``."""
+    needed = [USER_ID_KEY] + [k for s in vocab_info.services
+                              for k in (tokens_key(s), lengths_key(s))]
+    for path in files:
+        for raw in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
+            present = tf.train.Example.FromString(raw.numpy()).features.feature
+            missing = [k for k in needed if k not in present]
+            if missing:
+                raise ValueError(
+                    f"record in {path} lacks feature(s) {missing} required by the vocabulary "
+                    f"(services {list(vocab_info.services)}); were the records and the "
+                    f"vocabulary made by the same preprocessing run?")
+
+
+def _feature_spec(vocab_info: VocabInfo) -> Dict[str, object]:
+    spec: Dict[str, object] = {USER_ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    for s in vocab_info.services:
+        spec[s] = tf.io.RaggedFeature(
+            tf.int64, value_key=tokens_key(s),
+            partitions=[tf.io.RaggedFeature.RowLengths(lengths_key(s))],
+            row_splits_dtype=tf.int64)
+    return spec
+
+
+def make_parse_fn(vocab_info: VocabInfo):
+    """Function: serialised examples string [B] -> {"token_ids" [B,P,S,L], "user_id" [B]}.
+
+    More than S items keep the newest S; more than L tokens keep the first L.
+    """
+    spec = _feature_spec(vocab_info)
+    s_max, l_max = vocab_info.max_items, vocab_info.max_tokens
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        per_service = []
+        for s in vocab_info.services:
+            rt = parsed[s]                                   # [B, (items), (tokens)]
+            rt = rt[:, -s_max:]                              # newest S items
+            dense = rt.to_tensor(default_value=0, shape=[None, s_max, l_max])
+            per_service.append(tf.cast(dense, tf.int32))
+        return {"token_ids": tf.stack(per_service, axis=1), "user_id": parsed[USER_ID_KEY]}
+
+    return parse
+
+
+def make_dataset(file_pattern: FilePattern, vocab_info: VocabInfo, batch_size: int,
+                 shuffle: bool = True, repeat: bool = True, seed: int = 0,
+                 drop_remainder: bool = True, shuffle_buffer: int = 10_000,
+                 compression_type: str = "GZIP") -> tf.data.Dataset:
+    """Batches of users from gzipped per-user TFRecords.
+
+    Args:
+      file_pattern: glob pattern or list of patterns/files.
+      vocab_info: services (the P axis, in order), S and L.
+      batch_size: B, users per batch.
+      shuffle: shuffle file order and records (buffer ``shuffle_buffer``),
+        deterministically for a given ``seed``; without it records come in
+        the order of the sorted file list.
+      repeat: repeat forever.
+      drop_remainder: drop a last partial batch (static batch dimension).
+
+    Returns:
+      Dataset of ``{"token_ids": int32 [B, P, S, L], "user_id": string [B]}``.
+
+    Raises:
+      FileNotFoundError: nothing matches ``file_pattern``.
+      ValueError: a record lacks a feature of a service in ``vocab_info``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    files = list_files(file_pattern)
+    _check_features(files, vocab_info, compression_type)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression_type),
+        # Without shuffling, read files one after the other: records come in file order.
+        cycle_length=min(len(files), 8) if shuffle else 1, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(make_parse_fn(vocab_info), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_split_arrays(file_pattern: FilePattern, vocab_info: VocabInfo,
+                      batch_size: int = 256,
+                      max_users: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """A whole (small) split as numpy arrays, in file order.
+
+    Returns:
+      ``{"token_ids": int32 [N, P, S, L], "user_id": object [N] of str}``;
+      N is at most ``max_users``.
+    """
+    ds = make_dataset(file_pattern, vocab_info, batch_size, shuffle=False, repeat=False,
+                      drop_remainder=False)
+    if max_users is not None:
+        ds = ds.unbatch().take(max_users).batch(batch_size)
+    tokens, users = [], []
+    for batch in ds.as_numpy_iterator():
+        tokens.append(batch["token_ids"])
+        users.extend(u.decode("utf-8") for u in batch["user_id"])
+    p, s, l = len(vocab_info.services), vocab_info.max_items, vocab_info.max_tokens
+    token_ids = np.concatenate(tokens) if tokens else np.zeros([0, p, s, l], np.int32)
+    return {"token_ids": token_ids.astype(np.int32), "user_id": np.array(users, dtype=object)}

@@ -1,0 +1,387 @@
+"""Preprocessing as named Beam transforms: raw behaviour rows -> per-user records.
+
+The one definition of preprocessing. The BehaviorPreprocess TFX component
+(`components.behavior_preprocess.executor`) runs `build_pipeline` on the
+pipeline's Beam runner; `clue_keras.data.prepare.prepare_local` runs the same
+`build_pipeline` in this process (DirectRunner, in memory). Beam graph::
+
+  raw tf.Examples (ExampleGen output)
+    | ParseRows            -> {"rows": {"user_id", "service", "timestamp", "item_text"},
+                               "dropped": stats key of each dropped row}
+    | BuildUserHistories   -> {"all": (user_id, CleanedUser) of every user,
+                               "active": those at or above the activity threshold}
+                              (text normalised and capped at max_text_bytes, empty
+                              texts and exact repeats dropped, newest S per
+                              service, oldest first)
+    | split_by_user        -> train / eval / test by a hash of user_id
+  train | TrainVocab       -> <out>/vocab/  (BPE on a sample of train texts)
+  each split | EncodeUsers -> <out>/Split-<split>/data_tfrecord-SSSSS-of-NNNNN.gz
+  counts | WriteStats      -> <out>/stats.json, after every record file is written
+
+The per-row and per-user logic is in `clue_keras.data.values`, `.records` and
+`clue_keras.tokenizer`; this module only wires it into Beam (no TFX). No row
+stops the run: a row that cannot be used is dropped and counted (stats keys:
+`clue_keras.data.values.STATS_DOC`); what would crash ExampleGen itself is
+caught before the pipeline by `clue_keras.data.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+
+from clue_keras.atomic import write_json_atomic
+from clue_keras.data.formats import BEHAVIOR_COLUMNS
+from clue_keras.data.records import SPLITS, clean_behaviors, split_of
+from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
+                                    behavior_row)
+from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
+
+VOCAB_DIRNAME = "vocab"
+STATS_FILENAME = "stats.json"
+OUTPUT_PREFIX = "data_tfrecord"
+
+DROPPED = "dropped"
+
+__all__ = [
+    "VOCAB_DIRNAME", "STATS_FILENAME", "OUTPUT_PREFIX", "SPLITS",
+    "InputValidationError", "BadRow", "parse_row", "build_history", "is_active",
+    "user_outcome", "split_index", "ParseRows", "CleanUsers", "BuildUserHistories", "split_by_user",
+    "TrainVocab", "EncodeUserFn", "EncodeUsers", "WriteStats", "build_pipeline",
+]
+
+
+class InputValidationError(ValueError):
+    """The raw behaviour logs cannot be preprocessed; the message says why and where."""
+
+
+# ---------------------------------------------------------------------------
+# Per-element functions (picklable, no state).
+# ---------------------------------------------------------------------------
+
+def _feature_values(feature: tf.train.Feature) -> list:
+    kind = feature.WhichOneof("kind")
+    return list(getattr(feature, kind).value) if kind else []
+
+
+def parse_row(serialized: bytes) -> Dict[str, Any]:
+    """Serialized raw tf.Example -> ``{"user_id": str, "service": str,
+    "timestamp": int, "item_text": str ("" when empty)}``.
+
+    Any feature kind is accepted for every column, as ExampleGen infers it:
+    integer ids become their decimal string, the timestamp may be int64 (unix
+    seconds or an ordinal), a float or an ISO-8601 string
+    (`clue_keras.data.values.behavior_row`).
+
+    Raises:
+      BadRow: the row is dropped; ``.key`` is the stats key counting it
+        (``rows_dropped_empty_user``, ``rows_dropped_bad_timestamp``, ...).
+    """
+    feats = tf.train.Example.FromString(serialized).features.feature
+    cells = [_feature_values(feats[c]) if c in feats else [] for c in BEHAVIOR_COLUMNS]
+    user, service, ts, text = behavior_row(*cells)
+    return {"user_id": user, "service": service, "timestamp": ts, "item_text": text}
+
+
+def build_history(user_rows: Tuple[str, Iterable[Dict[str, Any]]], max_items: int,
+                  max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES):
+    """``(user_id, rows)`` -> ``(user_id, CleanedUser)``: text normalised and capped,
+    empty texts and exact repeats dropped, oldest first, newest ``max_items`` per
+    service (`clue_keras.data.records.clean_behaviors`)."""
+    user_id, rows = user_rows
+    return user_id, clean_behaviors(
+        ((r["service"], r["timestamp"], r["item_text"]) for r in rows), max_items,
+        max_text_bytes=max_text_bytes)
+
+
+def user_outcome(user: Tuple[str, Any], min_items: int, min_services: int) -> str:
+    """``"users_kept"``, or the stats key of why the user is dropped: fewer than
+    ``min_items`` kept items over all services (``users_dropped_few_items``), else
+    fewer than ``min_services`` services (``users_dropped_few_services``)."""
+    cleaned = user[1]
+    if cleaned.n_items < min_items:
+        return USER_DROP_KEYS[0]
+    if len(cleaned.items) < min_services:
+        return USER_DROP_KEYS[1]
+    return "users_kept"
+
+
+def is_active(user: Tuple[str, Any], min_items: int, min_services: int) -> bool:
+    """Activity threshold: >= ``min_items`` kept items and >= ``min_services`` services."""
+    return user_outcome(user, min_items, min_services) == "users_kept"
+
+
+def split_index(user: Tuple[str, Any], num_partitions: int, eval_percent: int,
+                test_percent: int) -> int:
+    """Partition fn: index into `SPLITS` from a stable hash of the user id
+    (`clue_keras.data.records.split_of`)."""
+    del num_partitions
+    return SPLITS.index(split_of(user[0], eval_percent, test_percent))
+
+
+# ---------------------------------------------------------------------------
+# Composite transforms.
+# ---------------------------------------------------------------------------
+
+class _ParseRowFn(beam.DoFn):
+    """`parse_row`; a dropped row goes to the ``dropped`` output as its stats key
+    (the first few are logged with the reason)."""
+
+    _LOG_FIRST = 5
+
+    def __init__(self):
+        super().__init__()
+        self._logged = 0
+
+    def process(self, serialized: bytes):
+        try:
+            yield parse_row(serialized)
+        except BadRow as e:
+            if self._logged < self._LOG_FIRST:
+                from absl import logging
+
+                self._logged += 1
+                logging.warning("BehaviorPreprocess: dropping a row (%s): %s", e.key, e)
+            yield beam.pvalue.TaggedOutput(DROPPED, e.key)
+
+
+@beam.ptransform_fn
+def ParseRows(serialized: beam.PCollection) -> Dict[str, beam.PCollection]:  # pylint: disable=invalid-name
+    """bytes (serialized raw tf.Example) -> ``{"rows": row dicts (`parse_row`),
+    "dropped": the stats key of each dropped row}``."""
+    out = serialized | "Parse" >> beam.ParDo(_ParseRowFn()).with_outputs(DROPPED, main="rows")
+    return {"rows": out.rows, DROPPED: out[DROPPED]}
+
+
+@beam.ptransform_fn
+def CleanUsers(rows: beam.PCollection, max_items: int,  # pylint: disable=invalid-name
+               max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> beam.PCollection:
+    """rows -> ``(user_id, CleanedUser)`` for every user (`build_history`)."""
+    return (rows
+            | "KeyByUser" >> beam.Map(lambda r: (r["user_id"], r))
+            | "GroupByUser" >> beam.GroupByKey()
+            | "Clean" >> beam.Map(build_history, max_items=max_items,
+                                  max_text_bytes=max_text_bytes))
+
+
+@beam.ptransform_fn
+def BuildUserHistories(rows: beam.PCollection, max_items: int, min_items: int,  # pylint: disable=invalid-name
+                       min_services: int, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+                       ) -> Dict[str, beam.PCollection]:
+    """rows -> ``{"all": ..., "active": ...}`` PCollections of ``(user_id, CleanedUser)``.
+
+    ``"all"`` holds every user (its counts feed the stats), ``"active"`` the
+    users with >= ``min_items`` items and >= ``min_services`` services.
+    ``CleanedUser.items`` is ``{service: [normalised text, ...]}``, oldest
+    first, exact repeats dropped, at most ``max_items`` (the newest) each.
+    """
+    cleaned = rows | "CleanUsers" >> CleanUsers(  # pylint: disable=no-value-for-parameter
+        max_items=max_items, max_text_bytes=max_text_bytes)
+    active = cleaned | "DropInactive" >> beam.Filter(is_active, min_items=min_items,
+                                                     min_services=min_services)
+    return {"all": cleaned, "active": active}
+
+
+def split_by_user(users: beam.PCollection, eval_percent: int,
+                  test_percent: int) -> Dict[str, beam.PCollection]:
+    """Partitions ``(user_id, ...)`` into ``{"train", "eval", "test"}`` by user-id hash."""
+    parts = users | "SplitByUser" >> beam.Partition(
+        split_index, len(SPLITS), eval_percent=eval_percent, test_percent=test_percent)
+    return dict(zip(SPLITS, parts))
+
+
+def _item_texts(user: Tuple[str, Any]) -> List[str]:
+    return [t for items in user[1].items.values() for t in items]
+
+
+def _train_vocab(texts: List[str], services: List[str], vocab_dir: str, vocab_size: int,
+                 max_items: int, max_tokens: int,
+                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Optional[str]:
+    """Trains the BPE on ``texts`` and writes the vocab artifact to ``vocab_dir``
+    (local or remote; `train_bpe` writes each file atomically, ``clue_vocab.json`` last).
+
+    Without any text (no train user) nothing is written and None returned: the
+    run ends with ``users_train`` = 0 in ``stats.json``, which the callers turn
+    into a named error, rather than a stack trace from inside Beam.
+    """
+    from clue_keras.tokenizer import train_bpe
+
+    if not texts:  # no train user: nothing is written; users_train = 0 in stats.json says so
+        return None
+    train_bpe(sorted(texts), services, vocab_size, vocab_dir, max_items=max_items,
+              max_tokens=max_tokens, max_text_bytes=max_text_bytes)
+    return vocab_dir
+
+
+@beam.ptransform_fn
+def TrainVocab(train: beam.PCollection, services: beam.PCollection, vocab_dir: str,  # pylint: disable=invalid-name
+               vocab_size: int, max_items: int, max_tokens: int,
+               sample_size: int, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+               ) -> beam.PCollection:
+    """Train-split users -> a one-element PCollection holding ``vocab_dir``.
+
+    At most ``sample_size`` item texts (a uniform sample) reach the single
+    worker that trains the BPE; ``services`` is a one-element PCollection of
+    the sorted service list. Texts are sorted before training so that the same
+    sample gives the same vocabulary whatever order the runner delivered it in.
+    """
+    return (train
+            | "Texts" >> beam.FlatMap(_item_texts)
+            | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(sample_size)
+            | "TrainBPE" >> beam.Map(
+                _train_vocab, services=beam.pvalue.AsSingleton(services),
+                vocab_dir=vocab_dir, vocab_size=vocab_size, max_items=max_items,
+                max_tokens=max_tokens, max_text_bytes=max_text_bytes))
+
+
+class EncodeUserFn(beam.DoFn):
+    """``(user_id, CleanedUser)`` -> serialized per-user tf.Example (docs/ARCHITECTURE.md).
+
+    The tokenizer is loaded once per DoFn instance from the vocab directory
+    given as a side input (so encoding starts only after `TrainVocab`).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._tokenizer = None
+
+    def process(self, user: Tuple[str, Any], vocab_dir: Optional[str]) -> Iterable[bytes]:
+        from clue_keras.data.records import build_user_example
+        from clue_keras.tokenizer import OfflineTokenizer
+
+        if vocab_dir is None:  # no vocabulary (no train user): nothing to encode
+            return
+        if self._tokenizer is None or self._tokenizer.vocab_dir != vocab_dir:
+            self._tokenizer = OfflineTokenizer(vocab_dir)
+        user_id, cleaned = user
+        ids = {service: self._tokenizer.encode_items(texts, service)
+               for service, texts in cleaned.items.items()}
+        yield build_user_example(user_id, ids, self._tokenizer.info.services).SerializeToString()
+
+
+@beam.ptransform_fn
+def EncodeUsers(users: beam.PCollection, vocab_dir: beam.PCollection  # pylint: disable=invalid-name
+                ) -> beam.PCollection:
+    """``(user_id, CleanedUser)`` -> serialized tf.Examples; ``vocab_dir`` a singleton."""
+    return users | "Encode" >> beam.ParDo(EncodeUserFn(), beam.pvalue.AsSingleton(vocab_dir))
+
+
+# ---------------------------------------------------------------------------
+# Counts and stats.json.
+# ---------------------------------------------------------------------------
+
+def _count(pcoll: beam.PCollection, label: str) -> beam.PCollection:
+    return pcoll | label >> beam.combiners.Count.Globally()
+
+
+def _count_keys(keys: beam.PCollection, names: Tuple[str, ...], label: str) -> beam.PCollection:
+    """Strings -> one ``{name: count}`` dict with every one of ``names`` (0 if unseen)."""
+    return (keys | f"{label}PerKey" >> beam.combiners.Count.PerElement()
+            | f"{label}Dict" >> beam.combiners.ToDict()
+            | f"{label}All" >> beam.Map(lambda d: {k: int(d.get(k, 0)) for k in names}))
+
+
+def _sum(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
+    return (pcoll | f"{label}Values" >> beam.Map(fn)
+            | label >> beam.CombineGlobally(sum))
+
+
+_WRITTEN = "_written_"  # prefix of the side inputs that only order WriteStats after the writes
+
+
+def _write_stats(_, path: str, services: List[str], **counts: Any) -> None:
+    stats: Dict[str, Any] = {}
+    for key, value in counts.items():
+        if isinstance(value, dict):  # several counts at once (`_count_keys`)
+            stats.update({k: int(v) for k, v in value.items()})
+        elif not key.startswith(_WRITTEN):
+            stats[key] = int(value)
+    stats["services"] = list(services)
+    write_json_atomic(path, stats)
+
+
+@beam.ptransform_fn
+def WriteStats(pbegin: beam.pvalue.PBegin, path: str, services: beam.PCollection,  # pylint: disable=invalid-name
+               counts: Mapping[str, beam.PCollection],
+               written: Mapping[str, beam.PCollection]) -> beam.PCollection:
+    """Writes ``{count name: int, ..., "services": [...]}`` to ``path`` (JSON, atomic)
+    once the ``counts`` (one-element PCollections of an int, or of a dict of
+    named ints merged in) are known and the files
+    ``written`` (PCollections of file names) are complete."""
+    return (pbegin | "Trigger" >> beam.Create([None])
+            | "Write" >> beam.Map(
+                _write_stats, path=path, services=beam.pvalue.AsSingleton(services),
+                **{_WRITTEN + k: beam.pvalue.AsList(v) for k, v in written.items()},
+                **{k: beam.pvalue.AsSingleton(v) for k, v in counts.items()}))
+
+
+# ---------------------------------------------------------------------------
+# The whole graph.
+# ---------------------------------------------------------------------------
+
+def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
+                   params: Mapping[str, Any]) -> None:
+    """Adds the whole preprocessing graph to ``p``.
+
+    Reads raw tf.Examples matching ``raw_pattern``; writes
+    ``output_uri/Split-{train,eval,test}/data_tfrecord-*.gz``,
+    ``output_uri/vocab/`` and, last, ``output_uri/stats.json`` (keys:
+    `clue_keras.data.values.STATS_DOC`,
+    ``users_<split>``, ``items_<split>``, ``services``). ``params`` are the
+    `BehaviorPreprocessSpec` parameters: ``max_items``, ``max_tokens``,
+    ``vocab_size``, ``min_items_per_user``, ``min_services_per_user``,
+    ``eval_percent``, ``test_percent``, ``bpe_sample_size``, ``num_shards``
+    (0 or absent: the runner decides) and ``max_text_bytes`` (absent or None:
+    `DEFAULT_MAX_TEXT_BYTES`; 0: no cap).
+    """
+    max_items, max_tokens = int(params["max_items"]), int(params["max_tokens"])
+    max_text_bytes = params.get("max_text_bytes")
+    max_text_bytes = DEFAULT_MAX_TEXT_BYTES if max_text_bytes is None else int(max_text_bytes)
+    min_items, min_services = int(params["min_items_per_user"]), int(params["min_services_per_user"])
+    raw = p | "ReadRaw" >> beam.io.ReadFromTFRecord(raw_pattern)
+    parsed = raw | "ParseRows" >> ParseRows()  # pylint: disable=no-value-for-parameter
+    users = parsed["rows"] | "BuildUserHistories" >> BuildUserHistories(  # pylint: disable=no-value-for-parameter
+        max_items=max_items, min_items=min_items, min_services=min_services,
+        max_text_bytes=max_text_bytes)
+    cleaned, active = users["all"], users["active"]
+    splits = split_by_user(active, int(params["eval_percent"]), int(params["test_percent"]))
+    services = (active
+                | "ServiceNames" >> beam.FlatMap(lambda u: list(u[1].items))
+                | "DistinctServices" >> beam.Distinct()
+                | "ServiceList" >> beam.combiners.ToList()
+                | "SortServices" >> beam.Map(sorted))
+    vocab = splits["train"] | "TrainVocab" >> TrainVocab(  # pylint: disable=no-value-for-parameter
+        services, vocab_dir=os.path.join(output_uri, VOCAB_DIRNAME),
+        vocab_size=int(params["vocab_size"]), max_items=max_items, max_tokens=max_tokens,
+        sample_size=int(params["bpe_sample_size"]), max_text_bytes=max_text_bytes)
+    counts = {
+        "rows_read": _count(raw, "CountRows"),
+        "_rows_dropped": _count_keys(parsed[DROPPED], tuple(DROP_KEYS.values()), "CountDropped"),
+        "users_read": _count(cleaned, "CountUsersRead"),
+        "users_kept": _count(active, "CountUsersKept"),
+        "_users_dropped": _count_keys(
+            cleaned | "UserOutcome" >> beam.Map(user_outcome, min_items=min_items,
+                                                min_services=min_services),
+            USER_DROP_KEYS, "CountUsersDropped"),
+        "users_kept_single_service": _sum(active, lambda u: int(len(u[1].items) == 1),
+                                          "SumSingleService"),
+        EMPTY_TEXT_KEY: _sum(cleaned, lambda u: u[1].n_empty, "SumEmpty"),
+        "rows_duplicate": _sum(cleaned, lambda u: u[1].n_duplicates, "SumDuplicates"),
+        "rows_text_capped": _sum(cleaned, lambda u: u[1].n_capped, "SumCapped"),
+        "items_truncated": _sum(cleaned, lambda u: u[1].n_truncated, "SumTruncated"),
+    }
+    written = {}
+    for split, split_users in splits.items():
+        encoded = split_users | f"Encode[{split}]" >> EncodeUsers(vocab)  # pylint: disable=no-value-for-parameter
+        written[split] = encoded | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+            os.path.join(output_uri, f"Split-{split}", OUTPUT_PREFIX),
+            file_name_suffix=".gz",
+            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+            num_shards=int(params.get("num_shards") or 0))
+        counts[f"users_{split}"] = _count(encoded, f"CountUsers[{split}]")
+        counts[f"items_{split}"] = _sum(split_users, lambda u: u[1].n_items, f"SumItems[{split}]")
+    _ = p | "WriteStats" >> WriteStats(  # pylint: disable=no-value-for-parameter
+        os.path.join(output_uri, STATS_FILENAME), services, counts, written)

@@ -1,0 +1,1 @@
+"""The BUILD generator behind scripts/gen_build.py: ``scan``, ``deps``, ``render``."""
