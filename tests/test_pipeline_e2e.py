@@ -10,6 +10,7 @@ import csv
 import glob
 import json
 import math
+import re
 import os
 
 import numpy as np
@@ -114,6 +115,11 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
             if line.startswith("[") and " done in " in line]
     assert done == COMPONENTS, out
     assert "full log: " + str(root / "logs") in out
+    report = re.search(r"report: (\S+\.html)", out).group(1)
+    assert os.path.dirname(report) == str(root / "reports")
+    report_text = open(report, encoding="utf-8").read()
+    assert all(f"<td>{c}</td>" in report_text for c in COMPONENTS)
+    assert "data:image/png;base64," in report_text
 
     # Evaluator: the table in its artifact, MRR per model in MLMD, a lenient gate passed.
     with open(os.path.join(summary.evaluation_uri, "results.json")) as f:
@@ -525,3 +531,43 @@ def test_a_changed_task_reruns_the_evaluator_and_its_blessing_names_the_task(tmp
     changed = interactions[(interactions["user_id"] == row["user_id"])
                            & (interactions["timestamp"] == int(row["timestamp"]))]
     assert other in changed["item_id"].tolist()
+
+
+def test_report_names_every_component_and_embeds_its_images(tmp_path):
+    """The HTML report of a summary: every component, the curves and the chart inline."""
+    import base64
+
+    from tfx_pipeline.report import write_report
+
+    model_run = tmp_path / "model_run"
+    model_run.mkdir()
+    history = [{"step": s, "loss": 4.0 - s / 10, "logit_scale": 14.3 + s / 100,
+                "tokens_per_s": 1000.0 + s} for s in range(10, 60, 10)]
+    history.append({"step": 50, "eval_loss": 3.5})
+    (model_run / "train_result.json").write_text(json.dumps({"history": history}))
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+                           "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    (evaluation / "results.png").write_bytes(png)
+    summary = local_runner.RunSummary(
+        run_id="2026-11-30T20:00:00.1", executions={c: "COMPLETE" for c in COMPONENTS},
+        cached=0, preprocess_stats={"rows_read": 1000, "users_train": 80, "items_train": 400,
+                                    "rows_dropped_empty_user": 3, "services": "news,shop"},
+        train_result={"num_params": 52737, "steps": 50, "final_loss": 3.0,
+                      "strategy": "MirroredStrategy", "replicas": 2, "precision": "float32"},
+        model_uri=None, blessed=True, pushed_to="/srv/clue/17000",
+        blessing_reason="blessed: U-MLP (CLUE) MRR 0.2 vs TopPop 0.1",
+        evaluation_uri=str(evaluation), evaluation_table="| Metric | TopPop |\n|---|---|\n| MRR | 0.1 |\n",
+        durations={c: 1.5 for c in COMPONENTS}, model_run_uri=str(model_run))
+    config = PipelineConfig(pipeline_root="/p", data_root="/d", serving_model_dir="/s")
+    path = write_report(summary, config, str(tmp_path / "reports"))
+    assert path == str(tmp_path / "reports" / "2026-11-30T20_00_00.1.html")
+    text = open(path, encoding="utf-8").read()
+    for component in COMPONENTS:
+        assert f"<td>{component}</td>" in text
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 2 and base64.b64decode(images[1]) == png
+    assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"  # the training curves
+    assert "rows dropped empty user" in text and "BLESSED" in text and "/srv/clue/17000" in text
+    assert "tensorboard --logdir " + str(model_run / "logs") in text

@@ -48,6 +48,10 @@ class RunSummary:
       pushed_to: the pushed model version's directory
         (``<serving_model_dir>/<unix time>``), or None.
       log_path: the file third-party log output went to (quiet runs), or None.
+      durations: ``{component id: seconds}`` from MLMD (creation to last update).
+      model_run_uri: the Trainer's ModelRun artifact (checkpoints, TensorBoard logs,
+        train_result.json with the full history).
+      report_path: the run report `tfx_pipeline.report.write_report` wrote, or None.
     """
 
     run_id: str
@@ -63,6 +67,9 @@ class RunSummary:
     evaluation_table: Optional[str] = None
     mrr: Dict[str, float] = dataclasses.field(default_factory=dict)
     log_path: Optional[str] = None
+    durations: Dict[str, float] = dataclasses.field(default_factory=dict)
+    model_run_uri: Optional[str] = None
+    report_path: Optional[str] = None
 
     #: Model name `serve_instructions` suggests for TF Serving / `clue serve`.
     MODEL_NAME = "clue"
@@ -131,6 +138,10 @@ class RunSummary:
                 lines.extend("    " + c for c in self.serve_instructions())
             else:
                 lines.append("  blessed, but the Pusher did not push (see its log)")
+        if self.model_run_uri:
+            lines.append(f"  TensorBoard: tensorboard --logdir {os.path.join(self.model_run_uri, 'logs')}")
+        if self.report_path:
+            lines.append(f"  report: {self.report_path}")
         if self.log_path:
             lines.append(f"  full log: {self.log_path}")
         return "\n".join(lines)
@@ -152,6 +163,9 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
     state_name = metadata_store_pb2.Execution.State.Name
     states = {node_of.get(ex.id, str(ex.id)): state_name(ex.last_known_state)
               for ex in executions}
+    durations = {node_of.get(ex.id, str(ex.id)):
+                 max(0, ex.last_update_time_since_epoch - ex.create_time_since_epoch) / 1000
+                 for ex in executions}
     cached = sum(ex.last_known_state == metadata_store_pb2.Execution.CACHED for ex in executions)
     by_node = {node_of.get(ex.id): ex for ex in executions}
 
@@ -161,13 +175,14 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
         if arts:
             stats = _custom(arts[0])
     train_result: Dict[str, Any] = {}
-    model_uri = None
+    model_uri = model_run_uri = None
     if p.TRAINER in by_node:
         outs = _outputs(store, by_node[p.TRAINER].id)
         if outs.get("model"):
             model_uri = outs["model"][0].uri
         if outs.get("model_run"):
-            path = os.path.join(outs["model_run"][0].uri, "train_result.json")
+            model_run_uri = outs["model_run"][0].uri
+            path = os.path.join(model_run_uri, "train_result.json")
             if os.path.exists(path):
                 with open(path) as f:
                     train_result = json.load(f)
@@ -192,7 +207,8 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
         pushed = _outputs(store, by_node[p.PUSHER].id).get("pushed_model", [])
         if pushed and _custom(pushed[0]).get("pushed"):
             pushed_to = _custom(pushed[0]).get("pushed_destination")
-    return RunSummary(run_id=run.name, executions=states, cached=int(cached),
+    return RunSummary(run_id=run.name, executions=states, cached=int(cached), durations=durations,
+                      model_run_uri=model_run_uri,
                       preprocess_stats=stats, train_result=train_result,
                       model_uri=model_uri, blessed=blessed, pushed_to=pushed_to,
                       blessing_reason=reason, evaluation_uri=evaluation_uri,
@@ -233,8 +249,9 @@ def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = N
 
     Prints one line per component as it starts and ends (`ComponentProgress`)
     to ``stream`` (stdout). With ``verbose=False`` third-party output on standard
-    error goes to a log file in ``log_dir`` (default: beside the metadata store),
-    whose path is the summary's ``log_path``.
+    error goes to a log file in ``log_dir`` (default: ``ROOT/logs`` where ROOT is
+    the metadata directory's parent), whose path is the summary's ``log_path``.
+    The run report (`tfx_pipeline.report`) goes to ``ROOT/reports/<run id>.html``.
 
     Raises whatever a failing component raised (e.g. BehaviorPreprocess's
     `InputValidationError`); components after it do not run.
@@ -260,4 +277,8 @@ def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = N
             raise
     summary = summarize(config.metadata_path, config.pipeline_name)
     summary.log_path = log_path
+    from tfx_pipeline.report import write_report
+
+    summary.report_path = write_report(
+        summary, config, os.path.join(os.path.dirname(metadata_dir), "reports"))
     return summary
