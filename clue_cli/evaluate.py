@@ -10,6 +10,13 @@ the task's `clue synth` data directory (two levels above ``--task``).
 
 from __future__ import annotations
 
+import dataclasses
+
+from tfx_pipeline.config import PipelineConfig
+
+#: The same default as `clue run` (PipelineConfig.eval_epochs).
+EVAL_EPOCHS = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}["eval_epochs"]
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -34,7 +41,8 @@ def add_parser(sub) -> None:
                    help="with --data: users with fewer items are cold-start, as in "
                         "preprocessing (default %(default)s)")
     p.add_argument("--out", help="write results.json / results.md / results.png / blessing.json here")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=EVAL_EPOCHS,
+                   help="epochs per downstream model (default %(default)s, as `clue run`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--margin-over-toppop", type=float, default=0.0)
     p.add_argument("--margin-over-untrained", type=float, default=0.0)

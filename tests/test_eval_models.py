@@ -176,8 +176,13 @@ def test_load_task_round_trip(tmp_path):
     pd.testing.assert_frame_equal(got_inter, interactions.astype({"timestamp": np.int64}))
     assert got_cat["item_id"].tolist() == catalogue["item_id"].tolist()
     os.remove(tmp_path / "catalogue.jsonl")
-    with pytest.raises(FileNotFoundError, match="catalogue.jsonl"):
-        tasks.load_task(str(tmp_path))
+    # Without a catalogue it is the distinct items of the interactions, each with
+    # its newest non-empty text (the task contract in README).
+    _, derived = tasks.load_task(str(tmp_path))
+    assert sorted(derived["item_id"]) == sorted(interactions["item_id"].astype(str).unique())
+    newest = interactions.sort_values("timestamp").groupby("item_id")["item_text"].last()
+    assert dict(zip(derived["item_id"], derived["item_text"])) == {
+        str(k): v for k, v in newest.items()}
 
 
 # --------------------------------------------------------------------------
