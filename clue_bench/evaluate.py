@@ -172,6 +172,8 @@ def bench_evaluate(users: int = 6000, interactions: int = 100_000, items: int = 
         "paired": [c for c in table.info.get("paired", []) if c["baseline"] == "TopPop"
                    or c["model"].startswith("Hybrid")],
         "num_test_positives": table.info.get("num_test_positives"),
+        "hybrid": table.info.get("hybrid"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
@@ -187,4 +189,8 @@ def format_report(res: Dict[str, Any]) -> str:
         lines.append(f"{column:<40} {sec:8.1f} s   MRR {mrr:.4f}{extra}")
     lines.append(f"{'total':<40} {res['total_seconds']:8.1f} s   (process CPU "
                  f"{res['cpu_seconds']:.0f} s)")
+    hybrid = res.get("hybrid") or {}
+    if hybrid.get("val_loss") is not None and hybrid.get("t_ubm_val_loss") is not None:
+        lines.append(f"Hybrid column: {hybrid['selected']} (validation loss "
+                     f"{hybrid['val_loss']:.4f} vs T-UBM {hybrid['t_ubm_val_loss']:.4f})")
     return "\n".join(lines)

@@ -16,6 +16,15 @@
 3. Times ``export_embeddings`` (the Beam batch export, DirectRunner
    multi-processing unless ``--beam-arg`` says otherwise) over all users:
    users/s including pipeline start-up, and bytes per user on disk.
+4. First-request latency (before 2, with the machine otherwise idle): in a
+   fresh process, load the model as ``clue serve`` does
+   (``model_manager.load_version``), then time the first call of every
+   signature (one synthetic user, its ids, three items, eight candidates,
+   none of them in the warm-up file), once straight after loading ("cold") and
+   once after replaying the export's TF Serving warm-up file
+   (``clue_keras.serving.warmup.replay_warmup``, "warmed"), plus the second
+   call of the cold process ("steady"); median of ``first_request_repeats``
+   process pairs. gRPC is not included: this is the model's own first-run cost.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def export_untrained_model(export_dir: str, behaviors, preset: str = "tiny", seed: int = 0,
@@ -125,7 +134,8 @@ def bench_serve(users: int = 2000, requests: int = 300, concurrency: Sequence[in
                 max_seconds: float = 60.0, preset: str = "tiny", model: Optional[str] = None,
                 server_threads: int = 32, export: bool = True, export_dtype: str = "float32",
                 beam_args: Optional[Sequence[str]] = None, seed: int = 0,
-                workdir: Optional[str] = None, log=print) -> Dict[str, object]:
+                workdir: Optional[str] = None, first_request_repeats: int = 3,
+                log=print) -> Dict[str, object]:
     """The benchmark of the module docstring; returns the figures as a dict."""
     import grpc
     import numpy as np
@@ -167,6 +177,9 @@ def bench_serve(users: int = 2000, requests: int = 300, concurrency: Sequence[in
                  for _, g in known.groupby("user_id", sort=True)]
         texts = np.stack(texts)
         result["layout"] = {"P": len(services), "S": max_items}
+        if first_request_repeats > 0:
+            log(f"first-request latency, cold and after the warm-up replay ({first_request_repeats} x 2 processes) ...")
+            result["first_request"] = measure_first_requests(model_dir, texts[0], first_request_repeats)
 
         server = serve(base, "clue", port=0, host="127.0.0.1", threads=server_threads)
         online = []
@@ -204,8 +217,141 @@ def bench_serve(users: int = 2000, requests: int = 300, concurrency: Sequence[in
     return result
 
 
+def _first_request_inputs(model_dir: str, row) -> List[Tuple[str, Dict[str, object]]]:
+    """One request per signature of a CLUE export from one user's [P, S] texts."""
+    import numpy as np
+
+    from clue_keras.tokenizer import OfflineTokenizer
+
+    tokenizer = OfflineTokenizer(os.path.join(model_dir, "assets"))
+    services, max_tokens = tokenizer.info.services, tokenizer.info.max_tokens
+    texts = np.array([[t.encode("utf-8") if isinstance(t, str) else t for t in r] for r in row],
+                     dtype=object)[None]                                             # [1, P, S]
+    ids = np.zeros(texts.shape + (max_tokens,), np.int32)
+    for _, p, s in np.ndindex(texts.shape):
+        if texts[0, p, s]:
+            encoded = tokenizer.encode_item(texts[0, p, s].decode("utf-8"), services[p])
+            ids[0, p, s, : len(encoded)] = encoded
+    items = [t for t in texts.reshape(-1) if t]
+    candidates = np.array((items * 8)[:8], dtype=object)
+    return [("serving_default", {"item_texts": texts}), ("embed_tokens", {"token_ids": ids}),
+            ("embed_items", {"item_texts": np.array(items[:3], dtype=object)}),
+            ("retrieve", {"item_texts": texts, "candidate_texts": candidates, "k": np.array(3, np.int32)}),
+            ("clue_metadata", {})]
+
+
+def _first_calls(model_dir: str, row, warmup: bool) -> Dict[str, object]:
+    """Runs in a fresh process: load, optionally replay the warm-up file, time each
+    signature's first call (and, without warm-up, its second)."""
+    import tensorflow as tf
+
+    from clue_keras.serving.model_manager import load_version
+    from clue_keras.serving.warmup import replay_warmup
+
+    import inspect
+
+    start = time.perf_counter()
+    # The server's loader may replay the warm-up itself: here it is timed apart.
+    no_warmup = {"warm_up": False} if "warm_up" in inspect.signature(load_version).parameters else {}
+    loaded = load_version(1, model_dir, **no_warmup)
+    out: Dict[str, object] = {"load_s": time.perf_counter() - start, "first_ms": {}, "second_ms": {}}
+
+    def call(name, inputs):
+        result = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    if warmup:
+        start = time.perf_counter()
+        out["warmup_requests"] = len(replay_warmup(model_dir, call))
+        out["warmup_s"] = time.perf_counter() - start
+    for name, inputs in _first_request_inputs(model_dir, row):
+        if name not in loaded.signatures:
+            continue
+        for key in ("first_ms", "second_ms") if not warmup else ("first_ms",):
+            start = time.perf_counter()
+            call(name, inputs)
+            out[key][name] = (time.perf_counter() - start) * 1000
+    return out
+
+
+def _first_calls_cli(spec_path: str) -> None:
+    """Entry point of the probe process: ``_first_calls`` from a JSON spec, result to JSON."""
+    import json
+
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    result = _first_calls(spec["model_dir"], spec["row"], spec["warmup"])
+    with open(spec["out"], "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+def _probe(model_dir: str, row, warmup: bool) -> Dict[str, object]:
+    """``_first_calls`` in a fresh Python process (a cold TensorFlow)."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="clue-first-request-") as tmp:
+        spec, out = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
+        rows = [[t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in r] for r in row]
+        with open(spec, "w", encoding="utf-8") as f:
+            json.dump({"model_dir": model_dir, "row": rows, "warmup": warmup, "out": out}, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        code = "import sys; from clue_bench.serve import _first_calls_cli; _first_calls_cli(sys.argv[1])"
+        proc = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"first-request probe failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def measure_first_requests(model_dir: str, row, repeats: int = 3) -> Dict[str, object]:
+    """First-request latency of every signature, cold and after the warm-up replay.
+
+    Args:
+      model_dir: a CLUE serving SavedModel (with its warm-up file).
+      row: one user's [P, S] texts ("" = padding).
+      repeats: pairs of fresh processes (cold, warmed); medians are reported.
+
+    Returns:
+      ``{"signatures": {name: {"cold_ms", "warmed_ms", "steady_ms"}}, "load_s",
+      "warmup_s", "warmup_requests", "repeats"}``.
+    """
+    import numpy as np
+
+    runs: Dict[bool, List[Dict[str, object]]] = {False: [], True: []}
+    for _ in range(repeats):
+        for warmup in (False, True):
+            runs[warmup].append(_probe(model_dir, row, warmup))
+
+    def median(values):
+        return float(np.median(values)) if values else float("nan")
+
+    names = list(runs[False][0]["first_ms"])
+    return {
+        "signatures": {name: {"cold_ms": median([r["first_ms"][name] for r in runs[False]]),
+                              "warmed_ms": median([r["first_ms"][name] for r in runs[True]]),
+                              "steady_ms": median([r["second_ms"][name] for r in runs[False]])}
+                       for name in names},
+        "load_s": median([r["load_s"] for r in runs[False] + runs[True]]),
+        "warmup_s": median([r["warmup_s"] for r in runs[True]]),
+        "warmup_requests": runs[True][0]["warmup_requests"],
+        "repeats": repeats,
+    }
+
+
 def format_table(result: Dict[str, object]) -> str:
-    lines = [f"{'concurrency':>11} {'requests':>9} {'p50 ms':>9} {'p99 ms':>9} {'users/s':>9}"]
+    lines = []
+    first = result.get("first_request")
+    if first:
+        lines.append(f"first request after loading (fresh process, median of {first['repeats']}): "
+                     f"load {first['load_s']:.1f} s, warm-up replay of {first['warmup_requests']} "
+                     f"requests {first['warmup_s']:.1f} s")
+        lines.append(f"{'signature':>16} {'cold ms':>9} {'warmed ms':>10} {'steady ms':>10}")
+        for name, row in first["signatures"].items():
+            lines.append(f"{name:>16} {row['cold_ms']:>9.1f} {row['warmed_ms']:>10.1f} {row['steady_ms']:>10.1f}")
+    lines.append(f"{'concurrency':>11} {'requests':>9} {'p50 ms':>9} {'p99 ms':>9} {'users/s':>9}")
     for row in result["online"]:
         lines.append(f"{row['concurrency']:>11} {row['requests']:>9} {row['p50_ms']:>9.2f} "
                      f"{row['p99_ms']:>9.2f} {row['users_per_s']:>9.1f}")

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from clue_keras.config import ModelConfig, TrainConfig, get_preset, param_count
 from clue_keras.precision import resolve_policy
-from clue_keras.train import build_pretrainer, make_optimizer
+from clue_keras.optimizer import make_optimizer
+from clue_keras.train import build_pretrainer
 
 
 def synthetic_batch(mc: ModelConfig, batch: int, services: int = 3, fill: float = 0.5,

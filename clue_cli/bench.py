@@ -1,4 +1,4 @@
-"""`clue bench train|preprocess|serve`: the benchmarks behind docs/PERFORMANCE.md
+"""`clue bench train|preprocess|serve|evaluate`: the benchmarks behind docs/PERFORMANCE.md
 (library: `clue_bench`)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from clue_cli._args import add_beam_arg, add_model_args, comma_ints
+from clue_cli._args import add_beam_arg, add_model_args, comma_ints, positive_int
 
 
 def add_parser(sub) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     _add_train(bsub)
     _add_preprocess(bsub)
     _add_serve(bsub)
+    _add_evaluate(bsub)
 
 
 def _write_json(path: str, obj) -> None:
@@ -140,6 +141,39 @@ def _run_serve(args) -> int:
                       export_dtype=args.export_dtype, beam_args=args.beam_arg, seed=args.seed,
                       workdir=args.workdir)
     print(format_table(res))
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+# -- clue bench evaluate ------------------------------------------------------
+
+
+def _add_evaluate(bsub) -> None:
+    b = bsub.add_parser("evaluate", help="downstream evaluation time per model on a synthetic task")
+    b.add_argument("--users", type=positive_int, default=6000)
+    b.add_argument("--interactions", type=positive_int, default=100_000)
+    b.add_argument("--items", type=positive_int, default=3000)
+    b.add_argument("--epochs", type=positive_int,
+                   help="most epochs per model (default: the evaluation's own cap; early "
+                        "stopping usually ends sooner)")
+    b.add_argument("--no-sequence-models", action="store_true", help="skip T-UBM and Hybrid")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    if args.interactions < 2 * args.users or args.items <= 100:
+        print("clue bench evaluate: need --interactions >= 2 x --users and --items > 100 "
+              "(each test positive is ranked among 100 sampled items)", file=sys.stderr)
+        return 2
+    from clue_bench.evaluate import bench_evaluate, format_report
+
+    res = bench_evaluate(users=args.users, interactions=args.interactions, items=args.items,
+                         epochs=args.epochs, seed=args.seed,
+                         sequence_models=not args.no_sequence_models)
+    print(format_report(res))
     if args.json:
         _write_json(args.json, res)
     return 0

@@ -24,6 +24,7 @@ import os
 import sys
 
 from clue_cli._args import add_beam_arg, margin, non_negative_int, positive_int
+from clue_cli.train import add_schedule_args
 from clue_keras.config import PRECISIONS
 from tfx_pipeline.config import DEFAULT_EVAL_TASK, FORMAT_EXTENSIONS, PipelineConfig
 
@@ -48,6 +49,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "the paper uses 5e-4)")
     p.add_argument("--checkpoint-every", type=int, default=_T.checkpoint_every,
                    help="checkpoint interval in steps (0: only at the end)")
+    add_schedule_args(p)
     p.add_argument("--precision", default=_D["precision"], choices=list(PRECISIONS),
                    help="Trainer precision policy; auto: mixed_float16 on a GPU, mixed_bfloat16 "
                         "on CPUs with native bf16, else float32 (default %(default)s)")
@@ -116,6 +118,9 @@ def add_parser(sub) -> None:
     p.add_argument("--preflight-rows", type=int, default=0, metavar="N",
                    help="check only the first N rows of each log file before the run "
                         "(default 0: every row; about 40,000 rows/s)")
+    p.add_argument("--wait-for-lock", action="store_true",
+                   help="when another `clue run` is using ROOT, wait for it to finish instead "
+                        "of stopping at once (one run per ROOT: ROOT/.clue-run.lock)")
     p.add_argument("--verbose", action="store_true",
                    help="show every third-party log line on the terminal (default: they go to "
                         "ROOT/logs/run-*.log and only the component lines and the summary show)")
@@ -149,7 +154,8 @@ def _common_fields(args) -> dict:
         schema_path=args.schema,
         train=_T.replace(train_steps=args.train_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate,
-                         checkpoint_every=args.checkpoint_every),
+                         checkpoint_every=args.checkpoint_every, epochs=args.epochs,
+                         eval_every=args.eval_every, patience=args.patience),
         min_items_per_user=args.min_items, max_text_bytes=args.max_text_bytes,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
         beam_pipeline_args=tuple(args.beam_arg) if args.beam_arg else _D["beam_pipeline_args"],
@@ -162,9 +168,25 @@ def _common_fields(args) -> dict:
 
 
 def _run(args) -> int:
+    """One `clue run` per ROOT at a time: the whole run holds ROOT/.clue-run.lock."""
+    from tfx_pipeline.output_dirs import OutputDirError
+    from tfx_pipeline.run_lock import RunLockBusy, run_lock
+
+    root = os.path.abspath(args.root)
+    try:
+        with run_lock(root, wait=args.wait_for_lock,
+                      on_wait=lambda line: print(line, flush=True)):
+            return _run_locked(args, root)
+    except (RunLockBusy, OutputDirError) as e:  # (ROOT itself cannot be written)
+        print(f"clue run: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_locked(args, root: str) -> int:
     from clue_cli._data import synthetic_data
     from tfx_pipeline import local_runner
     from tfx_pipeline.config import detect_format
+    from tfx_pipeline.output_dirs import OutputDirError
 
     if args.cpu_replicas > 1:
         # Logical CPU devices must exist before TensorFlow initialises; the Trainer
@@ -172,7 +194,6 @@ def _run(args) -> int:
         from clue_keras.distribute import configure_logical_cpus
 
         configure_logical_cpus(args.cpu_replicas)
-    root = os.path.abspath(args.root)
     data = (os.path.abspath(args.data) if args.data
             else synthetic_data(os.path.join(root, "data"), args.users, args.seed))
     input_dir, fmt, pattern = detect_format(data)
@@ -180,8 +201,8 @@ def _run(args) -> int:
         return 2
     fields = _common_fields(args)
     schema_file = os.path.join(root, "schema", "schema.pbtxt")
-    if not fields["schema_path"] and os.path.exists(schema_file):
-        fields["schema_path"] = schema_file  # the schema kept by the first run
+    # The schema kept by the first run is used when asked for (--schema): switching
+    # SchemaGen to ImportSchemaGen by itself would re-run every later component once.
     for key in ("eval_task_path", "schema_path"):
         if fields[key]:
             fields[key] = os.path.abspath(fields[key])
@@ -193,7 +214,7 @@ def _run(args) -> int:
     if config.evaluate:
         try:
             config = _checked_task(config, args.task)
-        except (ValueError, FileNotFoundError) as e:  # DataValidationError is a ValueError
+        except (ValueError, OSError) as e:  # DataValidationError is a ValueError
             print(f"clue run: the downstream task for the Evaluator: {e}\n"
                   "clue run: pass --task FILE|DIR, or --no-evaluate to train only",
                   file=sys.stderr)
@@ -204,10 +225,15 @@ def _run(args) -> int:
         print(f"validating the logs against the schema {config.schema_path}")
     try:
         summary = local_runner.run(config, verbose=args.verbose,
-                                   log_dir=os.path.join(root, "logs"))
+                                   log_dir=os.path.join(root, "logs"), exclusive=True)
+    except OutputDirError as e:  # before any component ran
+        print(f"clue run: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # pylint: disable=broad-except
         log_path = getattr(e, "clue_log_path", None)
-        print(f"clue run: {type(e).__name__}: {e}", file=sys.stderr)
+        failed = getattr(e, "clue_failed_components", None)
+        where = f"{' and '.join(failed)} failed: " if failed else ""
+        print(f"clue run: {where}{type(e).__name__}: {e}", file=sys.stderr)
         if log_path:
             print(f"clue run: the full log is {log_path}", file=sys.stderr)
         raise
@@ -216,8 +242,8 @@ def _run(args) -> int:
         kept = local_runner.keep_inferred_schema(config.metadata_path, config.pipeline_name,
                                                  schema_file)
         if kept:
-            print(f"kept the schema inferred from these logs in {kept}; later runs on ROOT "
-                  "validate new logs against it (edit it to curate, or pass --schema)")
+            print(f"kept the schema inferred from these logs in {kept}; curate it and pass "
+                  f"--schema {kept} to validate later runs' logs against it")
     if summary.cached:
         print(f"{summary.cached} of {len(summary.executions)} components reused cached "
               "outputs from an earlier identical run")
@@ -249,7 +275,7 @@ def _preflight_logs(files: str, max_rows: int) -> bool:
 
     try:
         report = validate_logs(files, max_rows_per_file=max_rows or None)
-    except (DataValidationError, FileNotFoundError) as e:
+    except (DataValidationError, OSError) as e:  # OSError: e.g. a file that cannot be read
         print(f"clue run: the behaviour logs cannot go through the pipeline:\n{e}",
               file=sys.stderr)
         return False

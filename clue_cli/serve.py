@@ -1,17 +1,21 @@
 """`clue serve`, `clue embed` and `clue serving-config`.
 
-* ``clue serve --model-base-path DIR --model-name NAME [--port 8500]``: the
-  local TF Serving-compatible gRPC server (``clue_keras.serving.server``).
+* ``clue serve --model-base-path DIR --model-name NAME [--port 8500]
+  [--ssl-config-file FILE | --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]``:
+  the local TF Serving-compatible gRPC server (``clue_keras.serving.server``).
 * ``clue embed --server HOST:PORT --model NAME --input users.jsonl --out
-  embeddings.parquet --services a,b``: user embeddings from any TF
-  Serving-compatible server into Parquet (``user_id``, ``embedding``
-  list<float>); users the model rejects go to ``<out stem>.errors.jsonl``.
+  embeddings.parquet [--tls-ca PEM [--tls-cert PEM --tls-key PEM]]``: user
+  embeddings from any TF Serving-compatible server into Parquet (``user_id``,
+  ``embedding`` list<float>); the model describes its own input layout
+  (``--vocab``/``--services`` only for older exports); bad input lines and
+  users the model rejects go to ``<out stem>.errors.jsonl`` with their line
+  numbers (``--strict``: stop at the first bad line).
 * ``clue serving-config --model-name NAME --base-path /models/NAME --out
   models.config``: a TF Serving ``models.config`` for the tensorflow/serving
   image.
 
-Exit codes: 0 success; 1 ``embed`` finished but some users failed; 2 bad
-arguments or input.
+Exit codes: 0 success; 1 ``embed`` finished but some lines or users failed;
+2 bad arguments or input (with ``--strict``, a bad input line).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import sys
 def add_parser(subparsers) -> None:
     from clue_keras.serving.server import (
         DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_CONCURRENT_RPCS,
         DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_POLL_SECONDS,
+        DEFAULT_STALLED_SECONDS,
         DEFAULT_THREADS,
     )
 
@@ -45,6 +51,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help="largest batch (dimension 0) per request; 0 = no limit")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="gRPC worker threads")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=DEFAULT_MAX_CONCURRENT_RPCS,
+                   help="RPCs running or queued at once; more get RESOURCE_EXHAUSTED")
+    p.add_argument("--stalled-seconds", type=float, default=DEFAULT_STALLED_SECONDS,
+                   help="report (once) and skip an incomplete version directory unchanged this long")
+    tls = p.add_argument_group("TLS (default: plaintext)")
+    tls.add_argument("--ssl-config-file",
+                     help="TF Serving's SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)")
+    tls.add_argument("--tls-cert", help="server certificate chain, PEM file")
+    tls.add_argument("--tls-key", help="server private key, PEM file")
+    tls.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     p.set_defaults(func=_run_serve)
 
     p = subparsers.add_parser(
@@ -52,21 +68,32 @@ def add_parser(subparsers) -> None:
         help="embed users from a JSONL file with a served model, into Parquet",
         description="Read users ({\"user_id\": ..., \"items\": {service: [texts, oldest first]}} per line), "
         "embed them through a TF Serving-compatible server, write user_id + embedding to Parquet. "
-        "Users the model rejects are listed in <out stem>.errors.jsonl.",
+        "The layout (services in order, items per service) comes from the model's clue_metadata "
+        "signature; models exported before it need --vocab or --services. Bad input lines and "
+        "users the model rejects are listed, with their line numbers, in <out stem>.errors.jsonl "
+        "and the rest goes on (--strict: stop at the first bad line).",
     )
     p.add_argument("--server", required=True, help="HOST:PORT of the gRPC server")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--input", required=True, help="users JSONL file")
     p.add_argument("--out", required=True, help="output Parquet file")
-    p.add_argument("--services", help="comma-separated services in model order (else from --vocab)")
-    p.add_argument("--vocab", help="clue_vocab.json, or the vocab directory holding it (services, max_items)")
-    p.add_argument("--max-items", type=int, help="S, items per service (default: from the model metadata)")
+    p.add_argument("--services", help="comma-separated services in model order (default: from the model; "
+                   "needed, or --vocab, only for models exported without clue_metadata)")
+    p.add_argument("--vocab", help="clue_vocab.json, or the vocab directory holding it (services, max_items); "
+                   "only for models exported without clue_metadata")
+    p.add_argument("--max-items", type=int, help="S, items per service (default: from the model)")
     p.add_argument("--signature", default="serving_default")
     p.add_argument("--input-name", default="item_texts", help="signature input [B, P, S] string")
     p.add_argument("--output", default="embedding", help="signature output [B, E] float")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad input line (default: report it in the errors file and go on)")
     p.add_argument("--batch-size", type=int, default=64, help="users per request (split further if too big)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
     p.add_argument("--max-message-bytes", type=int, default=4 << 20, help="largest request sent, bytes")
+    p.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM file)")
+    p.add_argument("--tls-cert", help="client certificate chain (PEM file) for mutual TLS")
+    p.add_argument("--tls-key", help="client private key (PEM file) for mutual TLS")
+    p.add_argument("--tls-server-name", help="name to check the server certificate against")
     p.set_defaults(func=_run_embed)
 
     p = subparsers.add_parser(
@@ -90,10 +117,20 @@ def _run_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        ssl_config = None
+        if args.ssl_config_file and (args.tls_cert or args.tls_key or args.tls_client_ca):
+            raise ValueError("give --ssl-config-file or --tls-cert/--tls-key, not both")
+        if args.ssl_config_file:
+            ssl_config = server.load_ssl_config(args.ssl_config_file)
+        elif args.tls_cert or args.tls_key or args.tls_client_ca:
+            if not (args.tls_cert and args.tls_key):
+                raise ValueError("--tls-cert and --tls-key go together")
+            ssl_config = server.ssl_config_from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
         handle = server.serve(
             args.model_base_path, args.model_name, port=args.port, host=args.host,
             poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
-            max_batch=args.max_batch, threads=args.threads,
+            max_batch=args.max_batch, threads=args.threads, ssl_config=ssl_config,
+            max_concurrent_rpcs=args.max_concurrent_rpcs, stalled_seconds=args.stalled_seconds,
         )
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"clue serve: {e}", file=sys.stderr)
@@ -142,22 +179,48 @@ def _run_embed(args) -> int:
             services = [s.strip() for s in args.services.split(",") if s.strip()]
         with CLUEClient(
             args.server, args.model, signature=args.signature, timeout_s=args.timeout,
-            max_message_bytes=args.max_message_bytes,
+            max_message_bytes=args.max_message_bytes, tls_server_name=args.tls_server_name,
+            **_tls_files(args),
         ) as client:
             # One version for the whole file: if it is replaced mid-run, the
             # run fails (NOT_FOUND) instead of mixing embeddings of two models.
             client.version = client.served_version()
+            if services is None:
+                info = client.model_info()  # what embed_jsonl will use; None: --vocab/--services needed
+                if info is not None:
+                    print(f"model {args.model!r} version {client.version}: {info.summary()}", flush=True)
             summary = embed_jsonl(
                 client, args.input, args.out, services, max_items, batch_size=args.batch_size,
-                input_name=args.input_name, output=args.output,
+                input_name=args.input_name, output=args.output, strict=args.strict,
             )
     except (ValueError, OSError, ServingError) as e:
         print(f"clue embed: {e}", file=sys.stderr)
         return 2
+    failed = ""
+    if summary["errors"]:
+        bad = summary["bad_lines"]
+        lines = ", ".join(map(str, summary["first_bad_lines"])) + (", ..." if bad > 5 else "")
+        failed = (f"; {summary['errors']} failed"
+                  + (f" ({bad} bad input line{'s' if bad != 1 else ''}: {lines})" if bad else "")
+                  + f", see {summary['errors_path']}")
     print(
         f"embedded {summary['embedded']} of {summary['users']} users (dim {summary['dim']}, "
         f"model {args.model!r} version {client.version}) "
-        f"-> {summary['out']}"
-        + (f"; {summary['errors']} failed, see {summary['errors_path']}" if summary["errors"] else "")
+        f"-> {summary['out']}" + failed
     )
     return 1 if summary["errors"] else 0
+
+
+def _tls_files(args) -> dict:
+    """CLUEClient's TLS arguments from ``--tls-ca/--tls-cert/--tls-key`` (PEM files)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert and not args.tls_ca:
+        raise ValueError("--tls-cert/--tls-key need --tls-ca (the CA of the server certificate)")
+    out = {}
+    for name, path in (("root_certificates", args.tls_ca), ("client_cert", args.tls_cert),
+                       ("client_key", args.tls_key)):
+        if path:
+            with open(path, "rb") as f:
+                out[name] = f.read()
+    return out

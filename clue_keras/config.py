@@ -51,9 +51,17 @@ class TrainConfig:
     warmup_fraction: float = 0.01   # linear warm-up over the first 1% of steps
     final_lr_fraction: float = 0.1  # cosine decay down to 10% of the peak
     clipnorm: float = 0.01          # global-norm gradient clipping
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100     # and at the end (0: only at the end)
     log_every: int = 10
     seed: int = 0
+    # Set: train_steps = ceil(epochs * users with >= min_services services / batch_size),
+    # counted in the training records (one pass), in place of ``train_steps``.
+    epochs: Optional[float] = None
+    eval_every: int = 0             # held-out loss every N steps; 0: max(1, train_steps // 10)
+    patience: int = 3               # stop after N evaluations without a better held-out
+                                    # loss (the best step's weights are kept); 0: never
+    min_services: int = 2           # pre-training users need >= this many non-empty
+                                    # services: the others contribute no loss term
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)

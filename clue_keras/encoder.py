@@ -37,7 +37,7 @@ class CLUEEncoder(keras.Model):
 
     def __init__(
         self,
-        vocabulary_size: int,
+        vocab_size: int,
         max_items: int,
         max_tokens: int,
         hidden_dim: int,
@@ -51,7 +51,7 @@ class CLUEEncoder(keras.Model):
         **kwargs,
     ):
         super().__init__(dtype=dtype, **kwargs)
-        self.vocabulary_size = vocabulary_size
+        self.vocab_size = vocab_size
         self.max_items = max_items
         self.max_tokens = max_tokens
         self.hidden_dim = hidden_dim
@@ -64,7 +64,7 @@ class CLUEEncoder(keras.Model):
 
         policy = self.dtype_policy
         self.token_embedding = keras.layers.Embedding(
-            vocabulary_size, hidden_dim, dtype=policy, name="token_embedding"
+            vocab_size, hidden_dim, dtype=policy, name="token_embedding"
         )
         self.token_position = keras.layers.Embedding(
             max_tokens, hidden_dim, dtype=policy, name="token_position_embedding"
@@ -90,7 +90,7 @@ class CLUEEncoder(keras.Model):
     @classmethod
     def from_config_dataclass(cls, cfg: ModelConfig, dtype=None) -> "CLUEEncoder":
         return cls(
-            vocabulary_size=cfg.vocab_size, max_items=cfg.max_items, max_tokens=cfg.max_tokens,
+            vocab_size=cfg.vocab_size, max_items=cfg.max_items, max_tokens=cfg.max_tokens,
             hidden_dim=cfg.hidden_dim, child_layers=cfg.child_layers,
             parent_layers=cfg.parent_layers, num_heads=cfg.num_heads,
             intermediate_dim=cfg.intermediate_dim, output_dim=cfg.output_dim,
@@ -144,8 +144,8 @@ class CLUEEncoder(keras.Model):
         token_ids = ops.cast(token_ids, "int32")
         # A clear error instead of a gather failure deep inside (or, on GPU, silent zeros).
         tf.debugging.assert_less(
-            token_ids, self.vocabulary_size,
-            message=f"token id >= vocabulary_size ({self.vocabulary_size}): the records were "
+            token_ids, self.vocab_size,
+            message=f"token id >= vocab_size ({self.vocab_size}): the records were "
                     "tokenised with a different vocabulary than this model's")
         tf.debugging.assert_non_negative(token_ids, message="negative token id")
         shape = ops.shape(token_ids)
@@ -181,7 +181,7 @@ class CLUEEncoder(keras.Model):
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
         }
         config.update(
-            vocabulary_size=self.vocabulary_size, max_items=self.max_items,
+            vocab_size=self.vocab_size, max_items=self.max_items,
             max_tokens=self.max_tokens, hidden_dim=self.hidden_dim,
             child_layers=self.child_layers, parent_layers=self.parent_layers,
             num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,

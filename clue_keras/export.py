@@ -15,6 +15,28 @@ encoder's per-service embedding width):
   scalar -> ``scores`` float32 [B, k], ``indices`` int32 [B, k]: brute-force
   top-k by cosine between the user and each candidate embedded as a one-item
   history in every service (stock TF Serving has no ScaNN ops).
+* ``clue_metadata``: no inputs -> the model's self-description as constants
+  (``clue_keras.serving.model_info``: ``format_version``, ``services`` [P],
+  ``max_items`` S, ``max_tokens`` L, ``embedding_dim`` P*D, ``service_dim``
+  D, ``item_dim``, ``vocab_size``, ``preset``, ``data_fingerprint``).
+
+Self-description: everything a client needs to call the model is on the
+serving side. TF Serving's ``GetModelMetadata`` returns only the signature
+map, so the description is one more signature there: a client sees
+``clue_metadata`` listed (with its output dtypes and shapes) and runs it once
+with an empty ``PredictRequest``; stock TF Serving and ``clue serve`` both
+answer a Predict with no inputs on a signature with none. The graph adds only
+``Const`` ops. ``data_fingerprint`` is ``sha256:`` of the preprocessing output
+the model was trained from (``stats.json`` beside the vocabulary directory, if
+there, and the vocabulary files), unless given. ``preset`` is the preset whose
+architecture the encoder has (``custom`` if none), unless given.
+
+Warm-up: ``assets.extra/tf_serving_warmup_requests`` holds one
+``PredictionLog`` (``PredictLog``) per signature, in ``SIGNATURES`` order, with
+two small users (``clue_keras.serving.warmup.sample_user_texts``), their ids
+for ``embed_tokens``, three items, four candidates and ``k`` = 2, and the empty
+request of ``clue_metadata``. TF Serving replays it before serving a version;
+``clue_keras.serving.warmup.replay_warmup`` does the same for other loaders.
 
 Tokenisation runs in the graph with the training BPE; the graph uses only core
 TF ops plus ``RegexSplitWithOffsets`` (stock TF Serving's old TF Text).
@@ -24,17 +46,21 @@ The directory is written under a temporary name and renamed into place, with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Union
+from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import tensorflow as tf
 
 from clue_keras.atomic import atomic_dir
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.pretrainer import CLUEPretrainer
+from clue_keras.serving.model_info import METADATA_SIGNATURE, ModelInfo
+from clue_keras.serving.warmup import sample_user_texts, write_warmup_requests
 
-SIGNATURES = ("serving_default", "embed_tokens", "embed_items", "retrieve")
+SIGNATURES = ("serving_default", "embed_tokens", "embed_items", "retrieve", METADATA_SIGNATURE)
 VOCAB_FILES = ("vocab.json", "merges.txt", "clue_vocab.json")
 MODEL_CONFIG_ASSET = "clue_model.json"
 
@@ -46,7 +72,7 @@ def _l2(x, axis=-1):
 class CLUEServingModule(tf.Module):
     """tf.Module holding the encoder, the in-graph tokenizer and the vocab asset."""
 
-    def __init__(self, encoder: CLUEEncoder, vocab_dir: str):
+    def __init__(self, encoder: CLUEEncoder, vocab_dir: str, description: ModelInfo):
         super().__init__(name="clue_serving")
         from clue_keras.tokenizer import InGraphTokenizer, load_vocab_info
 
@@ -60,6 +86,7 @@ class CLUEServingModule(tf.Module):
         # clue_vocab.json}, so <export>/assets is itself a vocab directory.
         self.vocab_assets = [tf.saved_model.Asset(os.path.join(vocab_dir, name))
                              for name in VOCAB_FILES]
+        self.description = description
         p, s, l = self.num_services, self.max_items, self.max_tokens
 
         self.serving_default = tf.function(
@@ -76,6 +103,7 @@ class CLUEServingModule(tf.Module):
             input_signature=[tf.TensorSpec([None, p, s], tf.string, name="item_texts"),
                              tf.TensorSpec([None], tf.string, name="candidate_texts"),
                              tf.TensorSpec([], tf.int32, name="k")])
+        self.clue_metadata = tf.function(self._clue_metadata, input_signature=[])
 
     def _users(self, token_ids):
         out = self.encoder({"token_ids": token_ids}, training=False)
@@ -110,21 +138,97 @@ class CLUEServingModule(tf.Module):
         top = tf.math.top_k(scores, k=tf.minimum(k, c))
         return {"scores": top.values, "indices": tf.cast(top.indices, tf.int32)}
 
+    def _clue_metadata(self):
+        return {name: tf.constant(value) for name, value in self.description.outputs().items()}
+
+
+def _preset_of(config: Dict) -> str:
+    """The preset whose architecture ``config`` (an encoder config) has, else "custom"
+    (the vocabulary size is the trained BPE's, so it is not compared)."""
+    from clue_keras.config import PRESETS
+
+    for name, mc in PRESETS.items():
+        if (config.get("max_items"), config.get("max_tokens"), config.get("hidden_dim"),
+                config.get("child_layers"), config.get("parent_layers"), config.get("num_heads"),
+                config.get("intermediate_dim"), config.get("output_dim") or config.get("hidden_dim")) == (
+                mc.max_items, mc.max_tokens, mc.hidden_dim, mc.child_layers, mc.parent_layers,
+                mc.num_heads, mc.intermediate_dim, mc.embedding_dim):
+            return name
+    return "custom"
+
+
+def data_fingerprint(vocab_dir: str) -> str:
+    """``sha256:<hex>`` of the preprocessing output a model is trained from:
+    ``stats.json`` beside ``vocab_dir`` (when there) and the vocabulary files."""
+    digest = hashlib.sha256()
+    parent = os.path.dirname(vocab_dir.rstrip("/"))
+    for path in [os.path.join(parent, "stats.json")] + [os.path.join(vocab_dir, n) for n in VOCAB_FILES]:
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path, "rb") as f:
+                content = f.read()
+            digest.update(f"{os.path.basename(path)}:{len(content)}:".encode() + content)
+    return "sha256:" + digest.hexdigest()
+
+
+def model_info(encoder: CLUEEncoder, vocab_dir: str, preset: Optional[str] = None,
+               fingerprint: Optional[str] = None) -> ModelInfo:
+    """The ``clue_metadata`` description of ``encoder`` served with ``vocab_dir``."""
+    from clue_keras.tokenizer import load_vocab_info
+
+    vocab = load_vocab_info(vocab_dir)
+    config = encoder.get_config()
+    d = encoder.embedding_dim
+    return ModelInfo(
+        services=list(vocab.services), max_items=vocab.max_items, max_tokens=vocab.max_tokens,
+        embedding_dim=len(vocab.services) * d, service_dim=d, item_dim=int(config["hidden_dim"]),
+        vocab_size=vocab.vocab_size, preset=preset or _preset_of(config),
+        data_fingerprint=fingerprint or data_fingerprint(vocab_dir))
+
+
+def warmup_requests(vocab_dir: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+    """One small realistic request per signature, in ``SIGNATURES`` order."""
+    from clue_keras.tokenizer import OfflineTokenizer
+
+    tokenizer = OfflineTokenizer(vocab_dir)  # the graph's ids, without touching its BPE cache
+    vocab = tokenizer.info
+    users = sample_user_texts(len(vocab.services), vocab.max_items)          # [2, P, S]
+    ids = np.zeros(users.shape + (vocab.max_tokens,), np.int32)
+    for b, p, s in np.ndindex(users.shape):
+        if users[b, p, s]:
+            row = tokenizer.encode_item(users[b, p, s].decode("utf-8"), vocab.services[p])
+            ids[b, p, s, : len(row)] = row
+    items = np.array([t for t in users[0].reshape(-1) if t][:3], dtype=object)
+    candidates = np.array([t for t in users[0, ::-1].reshape(-1) if t][:4], dtype=object)
+    return [
+        ("serving_default", {"item_texts": users}),
+        ("embed_tokens", {"token_ids": ids}),
+        ("embed_items", {"item_texts": items}),
+        ("retrieve", {"item_texts": users, "candidate_texts": candidates,
+                      "k": np.array(2, np.int32)}),
+        (METADATA_SIGNATURE, {}),
+    ]
+
 
 def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str,
-                       export_dir: str) -> str:
+                       export_dir: str, preset: Optional[str] = None,
+                       fingerprint: Optional[str] = None) -> str:
     """Writes the serving SavedModel to ``export_dir`` atomically; returns the path.
 
     ``export_dir`` must not exist or be an empty directory (TFX pre-creates it).
+    ``preset`` and ``fingerprint`` override what ``clue_metadata`` reports
+    (default: inferred, see the module docstring). The warm-up file is written
+    before the directory is renamed into place.
     """
     encoder = model.encoder if isinstance(model, CLUEPretrainer) else model
     export_dir = os.path.abspath(export_dir)
+    info = model_info(encoder, vocab_dir, preset, fingerprint)
     with atomic_dir(export_dir, prefix=".tmp-export-") as tmp:
-        module = CLUEServingModule(encoder, vocab_dir)
+        module = CLUEServingModule(encoder, vocab_dir, info)
         tf.saved_model.save(module, tmp, signatures={
             name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
         with open(os.path.join(tmp, "assets", MODEL_CONFIG_ASSET), "w") as f:
             json.dump(encoder.get_config(), f, indent=2, sort_keys=True)
+        write_warmup_requests(tmp, warmup_requests(vocab_dir))
     return export_dir
 
 

@@ -39,6 +39,7 @@ import tempfile
 from typing import Iterable, Iterator, List, Optional, Sequence, Set
 
 from clue_keras.atomic import write_text_atomic
+from clue_keras.bpe_cache import DEFAULT_BPE_CACHE_WORDS, bounded_bpe_tokenize
 from clue_keras.text import (DEFAULT_MAX_TEXT_BYTES, cap_text_bytes_tf, clean_item_text,
                              normalize_text, normalize_text_tf,  # noqa: F401  (T.normalize_text)
                              prepare_for_bpe, prepare_for_bpe_tf)
@@ -53,10 +54,6 @@ INFO_FILE = "clue_vocab.json"
 
 # TF Text ops the serving graph may contain: stock TF Serving links TF Text 2.12.
 ALLOWED_TFTEXT_OPS = frozenset({"RegexSplitWithOffsets"})
-
-#: Most distinct words the in-graph BPE cache holds (about 80 bytes each in a
-#: serving process, so ~8 MB); see :class:`InGraphTokenizer`.
-DEFAULT_BPE_CACHE_WORDS = 100_000
 
 
 def service_token(name: str) -> str:
@@ -325,20 +322,13 @@ def _make_in_graph_tokenizer_class():
         ``tf.function``s with input signatures, usable from an exported
         module's own ``tf.function``s and saved with the module. They are made
         per instance (not decorated methods, which hold only a weak reference
-        to ``self``), so ``InGraphTokenizer(d).tokenize_users(x)`` works.
-
-        BPE cache: keras-hub's ``tokenize`` caches word -> merges in a ``MutableHashTable``
-        that grows with every distinct word a server ever sees. Here the table holds at
-        most ``cache_words`` words (emptied when a batch's new words would overflow it);
-        new words' merges are used directly, never read back, so ids equal keras-hub's,
-        also under concurrent requests. None: keras-hub's unbounded cache; 0: no cache.
+        to ``self``), so ``InGraphTokenizer(d).tokenize_users(x)`` works. Its BPE
+        word cache holds at most ``cache_words`` words (:mod:`clue_keras.bpe_cache`).
         """
 
         def __init__(self, vocab_dir: str, name: str = "clue_in_graph_tokenizer",
                      cache_words: Optional[int] = DEFAULT_BPE_CACHE_WORDS):
             super().__init__(name=name)
-            if cache_words is not None and cache_words < 0:
-                raise ValueError(f"cache_words must be >= 0 or None, got {cache_words}")
             self.cache_words = cache_words
             self.info = load_vocab_info(vocab_dir)
             vocab, merges = _load_vocab_and_merges(vocab_dir)
@@ -363,45 +353,10 @@ def _make_in_graph_tokenizer_class():
 
         def _ids(self, normalized, service_ids):
             """normalized: string [N]; service_ids int32 [N] -> int32 [N, L]."""
-            ragged = self._bpe_tokenize(prepare_for_bpe_tf(normalized))    # [N, (tokens)]
+            ragged = bounded_bpe_tokenize(self.bpe, prepare_for_bpe_tf(normalized), self.cache_words)
             ragged = tf.cast(ragged[:, : self.max_tokens - 1], tf.int32)
             ids = tf.concat([tf.expand_dims(service_ids, 1), ragged], axis=1)
             return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_tokens])
-
-        def _bpe_tokenize(self, texts):
-            """``self.bpe.tokenize(texts)`` (string [N] -> ragged ids) with a bounded cache."""
-            if self.cache_words is None:
-                return self.bpe.tokenize(texts)
-            from keras_hub.src.tokenizers.byte_pair_tokenizer import split_strings_for_bpe
-
-            bpe, cache, limit = self.bpe, self.bpe.cache, self.cache_words
-            with tf.device("cpu"):
-                raw = split_strings_for_bpe(texts, bpe.unsplittable_tokens)   # [N, (words)]
-                cached = cache.lookup(raw.flat_values)                  # "" = not cached
-                unseen = tf.equal(cached, "") & tf.not_equal(raw.flat_values, "")
-
-                def merge_unseen():
-                    words, index = tf.unique(tf.boolean_mask(raw.flat_values, unseen))
-                    merged = tf.strings.reduce_join(
-                        bpe._bpe_merge(bpe._transform_bytes(words)), axis=1, separator=" ")
-                    if limit:   # empty the table if it would overflow, then insert
-                        n = tf.minimum(tf.size(words, out_type=tf.int64), limit)
-                        table = cache.id2value
-
-                        def empty():
-                            with tf.control_dependencies([table.remove(table.export()[0])]):
-                                return tf.constant(True)
-
-                        full = tf.cond(table.size() + n > limit, empty, lambda: tf.constant(False))
-                        with tf.control_dependencies([full]):
-                            cache.insert(words[:n], merged[:n])
-                    return tf.tensor_scatter_nd_update(cached, tf.where(unseen),
-                                                       tf.gather(merged, index))
-
-                merged = tf.cond(tf.reduce_any(unseen), merge_unseen, lambda: cached)
-                tokens = bpe.token_to_id_map.lookup(tf.strings.split(merged, sep=" "))
-                return tf.RaggedTensor.from_row_splits(
-                    tokens.flat_values, tf.gather(tokens.row_splits, raw.row_splits))
 
         def _tokenize_items(self, texts, service_ids):
             """texts: string [N]; service_ids: int32 [N] token ids -> int32 [N, L].

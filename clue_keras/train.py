@@ -1,12 +1,27 @@
-"""Training: optimiser, schedule, checkpoints, resume, TensorBoard, progress.
+"""Training: optimiser, schedule, checkpoints, resume, held-out loss, progress.
 
 ``train(...)`` is what the TFX Trainer's ``run_fn``, ``clue train`` and the
-benchmarks call. A killed run resumes from the newest checkpoint in
-``model_dir/checkpoints`` with the same step count and learning-rate schedule
-(the optimizer's iteration counter is part of the checkpoint). The input
-pipeline is replayed, not re-shuffled: its shuffle order is fixed by the seed,
-and the batches already trained on are skipped (``Dataset.skip``), so a resumed
-run sees exactly the batches an uninterrupted run would.
+benchmarks call. Batches hold only users with at least ``min_services``
+services (the users who contribute a loss term; ``make_dataset``). With
+``epochs`` set the step budget is that many passes over them. Every
+``eval_every`` steps the held-out loss is scored, the best step's weights are
+kept and, after ``patience`` evaluations without improvement, training stops
+(`clue_keras.heldout`); the weights exported are the best step's. Progress
+lines, a bar on a terminal and TensorBoard scalars: `clue_keras.train_progress`.
+
+A killed run resumes from the newest checkpoint in ``model_dir/checkpoints``
+with the same step count, learning-rate schedule and early-stopping state (the
+optimizer's iteration counter and `HeldOutState` are part of the checkpoint).
+The input pipeline is replayed, not re-shuffled: its shuffle order is fixed by
+the seed, and the batches already trained on are skipped (``Dataset.skip``),
+so a resumed run sees exactly the batches an uninterrupted run would.
+
+Keras' "Your input ran out of data; interrupting training" warning came from
+``model.evaluate`` on the finite held-out dataset, whose length tf.data cannot
+know (TFRecords): Keras iterated it to its end and reported every end as an
+interruption. Now nothing here runs a dataset to its end: ``fit`` gets the
+repeated training stream with ``steps_per_epoch`` = the steps left, and the
+held-out loss takes a counted number of batches from a repeated dataset.
 """
 
 from __future__ import annotations
@@ -18,9 +33,9 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
-import time
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -32,14 +47,27 @@ from clue_keras.config import ModelConfig, TrainConfig
 from clue_keras.distribute import (adapt_keras_model, is_chief, is_multi_worker,
                                    raise_peer_lost, shard_by_data, worker_dir)
 from clue_keras.encoder import CLUEEncoder
+from clue_keras.heldout import BEST_DIRNAME, HeldOut, HeldOutState
+from clue_keras.optimizer import make_optimizer
 from clue_keras.precision import resolve_policy
 from clue_keras.pretrainer import CLUEPretrainer
+from clue_keras.train_progress import Progress, report_items
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class TrainResult:
+    """What a run did (also ``train_result.json``, with the configs).
+
+    ``steps`` were trained (fewer than ``train_steps`` after an early stop);
+    ``eval_loss`` is the held-out loss of the weights kept, those of
+    ``best_step`` (None: no held-out loss, the last step's weights are kept);
+    ``users_pretraining`` users of the train split have >= ``min_services``
+    services, ``users_without_pair`` have fewer and are not trained on;
+    ``eval_history`` is every evaluation, ``warnings`` what a person should know.
+    """
+
     final_loss: float
     steps: int
     num_params: int
@@ -49,66 +77,35 @@ class TrainResult:
     eval_loss: Optional[float] = None
     resumed_from_step: int = 0
     strategy: str = ""  # class name of the tf.distribute strategy that trained
+    train_steps: int = 0
+    users_pretraining: int = 0
+    users_without_pair: int = 0
+    eval_users: int = 0
+    best_step: Optional[int] = None
+    best_eval_loss: Optional[float] = None
+    evaluations: int = 0
+    stopped_early: bool = False
+    eval_history: List[dict] = dataclasses.field(default_factory=list)
+    warnings: List[str] = dataclasses.field(default_factory=list)
 
 
-def make_schedule(tc: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up over ``warmup_fraction`` of the steps to ``learning_rate``, then
-    cosine decay to ``final_lr_fraction * learning_rate`` at ``train_steps``."""
-    warmup = max(1, int(round(tc.warmup_fraction * tc.train_steps)))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(1, tc.train_steps - warmup),
-        alpha=tc.final_lr_fraction,
-        warmup_target=tc.learning_rate,
-        warmup_steps=warmup,
-    )
-
-
-@keras.saving.register_keras_serializable(package="clue")
-class GlobalClipAdamW(keras.optimizers.AdamW):
-    """AdamW whose global-norm clipping applies to the gradient of the GLOBAL batch.
-
-    Keras' own ``global_clipnorm`` clips each replica's gradient before the
-    cross-replica sum, so under a strategy the update is the sum of N separately
-    clipped gradients, not the single-device update on the same global batch. Here
-    the clip follows the sum (the TensorFlow backend's ``_all_reduce_sum_gradients``,
-    which every update step calls; with one replica the sum is the identity).
-    """
-
-    def __init__(self, clip_global_norm: Optional[float] = None, **kwargs):
-        super().__init__(**kwargs)
-        self.clip_global_norm = clip_global_norm
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
-        if not self.clip_global_norm:
-            return grads_and_vars
-        present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
-        # Dense first: the norm of IndexedSlices (embedding gradients) would count
-        # each of a row's repeated lookups separately.
-        clipped, _ = tf.clip_by_global_norm(
-            [tf.convert_to_tensor(grads_and_vars[i][0]) for i in present],
-            self.clip_global_norm)
-        for i, g in zip(present, clipped):
-            grads_and_vars[i] = (g, grads_and_vars[i][1])
-        return grads_and_vars
-
-    def get_config(self):
-        return {**super().get_config(), "clip_global_norm": self.clip_global_norm}
-
-
-def make_optimizer(tc: TrainConfig, policy: str) -> keras.optimizers.Optimizer:
-    """AdamW with decoupled weight decay on every weight but the logit scale, global-norm
-    clipping of the global batch's gradient, and dynamic loss scaling under
-    ``mixed_float16``."""
-    opt = GlobalClipAdamW(
-        learning_rate=make_schedule(tc), weight_decay=tc.weight_decay,
-        clip_global_norm=tc.clipnorm,
-    )
-    opt.exclude_from_weight_decay(var_names=["log_logit_scale"])
-    if policy == "mixed_float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    return opt
+def plan_steps(tc: TrainConfig, users_pretraining: int) -> Tuple[TrainConfig, List[str]]:
+    """``tc`` with its step budget (``ceil(epochs * users / batch)`` when ``epochs`` is
+    set) and warnings about it (less than one pass over the pre-training users)."""
+    if tc.epochs is not None:
+        if tc.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {tc.epochs}")
+        tc = tc.replace(train_steps=max(1, math.ceil(
+            tc.epochs * users_pretraining / tc.batch_size)))
+    notes = []
+    seen = tc.train_steps * tc.batch_size
+    if seen < users_pretraining:
+        notes.append(
+            f"under-training: {tc.train_steps} steps of {tc.batch_size} users cover "
+            f"{seen / users_pretraining:.0%} of one pass over the {users_pretraining:,} "
+            f"pre-training users (users with >= {tc.min_services} services); use --epochs 1 "
+            f"or more, or --train-steps {math.ceil(users_pretraining / tc.batch_size)} or more")
+    return tc, notes
 
 
 def build_pretrainer(mc: ModelConfig, policy: str = "float32") -> CLUEPretrainer:
@@ -118,10 +115,9 @@ def build_pretrainer(mc: ModelConfig, policy: str = "float32") -> CLUEPretrainer
                            logit_scale_max=mc.logit_scale_max, dtype=policy)
     model.build(encoder.input_shape_for_build())
     return model
-
-
 class _CheckpointEvery(keras.callbacks.Callback):
-    """Saves a tf.train checkpoint every N optimizer steps and at the end.
+    """Saves a tf.train checkpoint every N optimizer steps and at the end (N=0: only
+    at the end).
 
     CheckpointManager writes the data files first and the ``checkpoint`` index
     last, so a reader never sees a half-written checkpoint as the newest one.
@@ -129,16 +125,16 @@ class _CheckpointEvery(keras.callbacks.Callback):
     every worker of a multi-worker job takes the same (collective) saves.
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+    def __init__(self, save, every: int):
         super().__init__()
-        self.manager, self.every = manager, every
+        self.save, self.every = save, every
         self._saved_at = None
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
     def _save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
+        self.save(step)
         self._saved_at = step
 
     def on_train_batch_end(self, batch, logs=None):
@@ -152,51 +148,10 @@ class _CheckpointEvery(keras.callbacks.Callback):
             self._save(step)
 
 
-class _Progress(keras.callbacks.Callback):
-    """One line every ``every`` steps: step, loss, logit scale, non-padding tokens/s.
-
-    Keras metrics are running means over the epoch; the loss printed (and kept in
-    ``history``) is the mean over the steps since the previous line, recovered from
-    the running means.
-    """
-
-    def __init__(self, every: int, total: int, printer=print):
-        super().__init__()
-        self.every, self.total, self.printer = every, total, printer
-        self.history: List[dict] = []
-        self._t0 = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._seen, self._loss_sum, self._tokens = 0, 0.0, 0.0  # metrics reset every epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every and step != self.total:
-            return
-        now = time.perf_counter()
-        n = batch + 1                                   # steps so far in this epoch
-        loss_sum = float(logs.get("loss", float("nan"))) * n
-        tokens = float(logs.get("tokens", 0.0))         # Sum metric: cumulative this epoch
-        window = max(n - self._seen, 1)
-        dt = max(now - self._t0, 1e-9)
-        rec = {"step": step, "loss": (loss_sum - self._loss_sum) / window,
-               "logit_scale": float(logs.get("logit_scale", float("nan"))),
-               "tokens_per_s": (tokens - self._tokens) / dt}
-        self._seen, self._loss_sum, self._tokens, self._t0 = n, loss_sum, tokens, now
-        self.history.append(rec)
-        self.printer(f"step {step:>6}/{self.total}  loss {rec['loss']:.4f}  "
-                     f"logit_scale {rec['logit_scale']:.2f}  tokens/s {rec['tokens_per_s']:,.0f}")
-
-
 class _NonFinite(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is not None and not math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
             raise FloatingPointError(
                 f"training loss became {loss} at step "
                 f"{int(self.model.optimizer.iterations.numpy())}; no checkpoint was written "
@@ -225,6 +180,21 @@ def _count_params(model: keras.Model) -> int:
     return int(sum(np.prod(v.shape) for v in model.weights if v.trainable))
 
 
+def _check_vocab(vocab_info, vocab_dir: str, mc: ModelConfig) -> None:
+    if vocab_info.vocab_size > mc.vocab_size:
+        raise ValueError(
+            f"vocabulary in {vocab_dir} has {vocab_info.vocab_size} ids but the model "
+            f"config allows {mc.vocab_size}; raise vocab_size")
+    if (vocab_info.max_items, vocab_info.max_tokens) != (mc.max_items, mc.max_tokens):
+        raise ValueError(
+            f"records in {vocab_dir} were built with S={vocab_info.max_items}, "
+            f"L={vocab_info.max_tokens} but the model expects S={mc.max_items}, "
+            f"L={mc.max_tokens}")
+    if len(vocab_info.services) < 2:
+        raise ValueError(f"contrastive training needs >= 2 services; {vocab_dir} has "
+                         f"{list(vocab_info.services)}")
+
+
 def train(
     train_files: Union[str, Sequence[str]],
     vocab_dir: str,
@@ -237,12 +207,18 @@ def train(
     eval_steps: int = 10,
     printer=print,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress_bar: Optional[bool] = None,
 ) -> TrainResult:
     """Trains (or resumes) CLUE on per-user TFRecords; returns the result summary.
 
-    Writes ``model_dir/checkpoints/``, ``model_dir/logs/`` (TensorBoard),
-    ``model_dir/pretrainer.keras`` (the whole task, Keras format, written
-    atomically) and ``model_dir/train_result.json``.
+    Writes ``model_dir/checkpoints/`` (``best/``: the best held-out step's
+    weights), ``model_dir/logs/`` (TensorBoard), ``model_dir/pretrainer.keras``
+    (the whole task with the kept weights, Keras format, written atomically) and
+    ``model_dir/train_result.json``. The held-out loss is the mean over the
+    first ``eval_steps`` full batches of ``eval_files``' users with a pair of
+    services; with fewer such users than one batch there is none (a warning).
+    ``progress_bar``: a tqdm bar (None: when ``printer`` is ``print`` and
+    standard output is a terminal).
 
     Under a multi-worker ``strategy`` every worker calls this with the same
     arguments (``model_dir`` on storage they share). Each global batch is the one a
@@ -252,28 +228,33 @@ def train(
     it when done. All resume from the chief's newest checkpoint. A lost worker
     makes the others raise ``distribute.PeerLostError``.
     """
-    from clue_keras.data.input import make_dataset
+    from clue_keras.data.input import count_users, make_dataset
     from clue_keras.tokenizer import load_vocab_info
 
     vocab_info = load_vocab_info(vocab_dir)
-    if vocab_info.vocab_size > model_config.vocab_size:
-        raise ValueError(
-            f"vocabulary in {vocab_dir} has {vocab_info.vocab_size} ids but the model "
-            f"config allows {model_config.vocab_size}; raise vocab_size")
-    if (vocab_info.max_items, vocab_info.max_tokens) != (model_config.max_items,
-                                                           model_config.max_tokens):
-        raise ValueError(
-            f"records in {vocab_dir} were built with S={vocab_info.max_items}, "
-            f"L={vocab_info.max_tokens} but the model expects S={model_config.max_items}, "
-            f"L={model_config.max_tokens}")
-    if len(vocab_info.services) < 2:
-        raise ValueError(f"contrastive training needs >= 2 services; {vocab_dir} has "
-                         f"{list(vocab_info.services)}")
+    _check_vocab(vocab_info, vocab_dir, model_config)
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    tc = train_config
-    if tc.batch_size % replicas:
-        raise ValueError(f"global batch {tc.batch_size} is not divisible by {replicas} replicas")
+    if train_config.batch_size % replicas:
+        raise ValueError(f"global batch {train_config.batch_size} is not divisible by "
+                         f"{replicas} replicas")
+    k = train_config.min_services
+    users, users_all = count_users(train_files, vocab_info, k)
+    if not users:
+        raise ValueError(f"none of the {users_all} users in {train_files!r} has >= {k} "
+                         "services: no pair to contrast, nothing to train on")
+    tc, notes = plan_steps(train_config, users)
+    eval_users, eval_batches = 0, 0
+    if eval_files:
+        eval_users = count_users(eval_files, vocab_info, k)[0]
+        eval_batches = min(eval_steps, eval_users // tc.batch_size)
+        if not eval_batches:
+            notes.append(f"no held-out loss: {eval_users} held-out users have >= {k} "
+                         f"services, fewer than one batch of {tc.batch_size}; no early "
+                         "stopping, the last step's weights are kept")
+    for note in notes:
+        log.warning(note)
+        printer(f"WARNING: {note}")
     policy = resolve_policy(precision)
     keras.utils.set_random_seed(tc.seed)
     chief, multi_worker = is_chief(strategy), is_multi_worker(strategy)
@@ -283,13 +264,15 @@ def train(
     tf.io.gfile.makedirs(out_dir)
 
     ds = make_dataset(train_files, vocab_info, tc.batch_size, shuffle=True, repeat=True,
-                      seed=tc.seed)
+                      seed=tc.seed, min_services=k)
     ds = shard_by_data(ds.map(lambda x: {"token_ids": x["token_ids"]}))
+    state = HeldOutState()                      # plain variables, outside the strategy
     with strategy.scope():
         model = build_pretrainer(model_config, policy)
         model.compile(optimizer=make_optimizer(tc, policy), jit_compile=False)
         model.optimizer.build(model.trainable_variables)
-        ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer, heldout=state)
+    report_items(model)
     adapt_keras_model(model, strategy)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3)
@@ -302,26 +285,45 @@ def train(
         # The shuffled stream is deterministic per seed: skip what was consumed so a
         # resumed run sees exactly the batches an uninterrupted run would.
         ds = ds.skip(resumed)
-    steps_per_epoch = max(1, min(tc.checkpoint_every or tc.train_steps, tc.train_steps))
-    epochs = math.ceil(tc.train_steps / steps_per_epoch)
-    progress = _Progress(tc.log_every, tc.train_steps, printer)
+    heldout = None
+    if eval_batches:
+        eval_ds = make_dataset(eval_files, vocab_info, tc.batch_size, shuffle=False,
+                               repeat=True, min_services=k)
+        heldout = HeldOut(shard_by_data(eval_ds.map(lambda x: {"token_ids": x["token_ids"]})),
+                          eval_batches, strategy, state,
+                          every=tc.eval_every or max(1, tc.train_steps // 10),
+                          total=tc.train_steps, patience=tc.patience,
+                          write_dir=os.path.join(out_dir, "checkpoints", BEST_DIRNAME),
+                          read_dir=os.path.join(model_dir, "checkpoints", BEST_DIRNAME))
+        heldout.set_model(model)
+
+    def save(step: int) -> None:
+        manager.save(checkpoint_number=step)
+        if heldout is not None:
+            heldout.prune()                     # the checkpoint just written names the best
+
+    p, s, l = len(vocab_info.services), vocab_info.max_items, vocab_info.max_tokens
+    progress = Progress(tc.log_every, tc.train_steps, resumed, (tc.batch_size, p * s, l),
+                        printer=printer, heldout=heldout,
+                        log_dir=os.path.join(out_dir, "logs", "train"),
+                        bar=(printer is print and sys.stdout.isatty()) if progress_bar is None
+                        else progress_bar)
     num_params = _count_params(model)
     printer(f"CLUE: {num_params:,} parameters, policy {policy}, {replicas} replica(s) "
-            f"({type(strategy).__name__}), "
-            f"global batch {tc.batch_size}")
-    if resumed < tc.train_steps:
-        if tc.train_steps % steps_per_epoch:
-            raise ValueError(f"train_steps ({tc.train_steps}) must be a multiple of "
-                             f"checkpoint_every ({steps_per_epoch})")
+            f"({type(strategy).__name__}), global batch {tc.batch_size}, "
+            f"{tc.train_steps} steps = {tc.train_steps * tc.batch_size / users:.2f} passes "
+            f"over {users:,} pre-training users ({users_all - users:,} without a pair of "
+            "services left out)"
+            + (f", held-out loss on {eval_batches * tc.batch_size} users every "
+               f"{heldout.every} steps" if heldout else ""))
+    if resumed < tc.train_steps and not bool(state.stopped.numpy()):
         try:
             with _sigterm_as_interrupt(), raise_peer_lost(strategy, "training"):
                 model.fit(
-                    ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                    initial_epoch=resumed // steps_per_epoch, verbose=0,
-                    callbacks=[_NonFinite(), progress,
-                               _CheckpointEvery(manager, tc.checkpoint_every),
-                               keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"),
-                                                           update_freq=tc.log_every),
+                    # An endless stream and exactly the steps left: fit never runs out.
+                    ds, epochs=1, steps_per_epoch=tc.train_steps - resumed, verbose=0,
+                    callbacks=[_NonFinite(), *([heldout] if heldout else []),
+                               _CheckpointEvery(save, tc.checkpoint_every), progress,
                                *callbacks],
                 )
         except KeyboardInterrupt:
@@ -334,7 +336,7 @@ def train(
                 printer(f"interrupted at step {step}; re-run every worker to resume from "
                         "the last periodic checkpoint")
                 raise
-            manager.save(checkpoint_number=step)
+            save(step)
             printer(f"interrupted at step {step}; checkpoint saved, re-run to resume")
             raise
     final_loss = progress.history[-1]["loss"] if progress.history else float("nan")
@@ -342,31 +344,33 @@ def train(
     if not progress.history and os.path.exists(previous):  # already finished earlier
         with open(previous) as f:
             final_loss = json.load(f).get("final_loss", final_loss)
-    eval_loss = None
-    if eval_files:
-        eval_ds = make_dataset(eval_files, vocab_info, tc.batch_size, shuffle=False,
-                               repeat=False)
-        eval_ds = shard_by_data(
-            eval_ds.map(lambda x: {"token_ids": x["token_ids"]}).take(eval_steps))
-        with raise_peer_lost(strategy, "evaluation"):
-            metrics = model.evaluate(eval_ds, verbose=0, return_dict=True)
-        if "loss" in metrics:
-            eval_loss = float(metrics["loss"])
-            printer(f"held-out contrastive loss {eval_loss:.4f}")
-        else:  # fewer held-out users than one global batch (batches drop the remainder)
-            printer(f"held-out loss skipped: fewer eval users than one batch of {tc.batch_size}")
+    steps = int(model.optimizer.iterations.numpy())
+    best_step, best_loss = state.best
+    history = state.history
+    stopped = bool(state.stopped.numpy())
+    if heldout is not None:
+        with raise_peer_lost(strategy, "restoring the best step"):
+            heldout.restore_best(steps)
+        printer(f"kept step {best_step} (best held-out loss {best_loss:.4f} of "
+                f"{len(history)} evaluations)"
+                + (f"; stopped early at step {steps}: no better held-out loss in "
+                   f"{tc.patience} evaluations" if stopped else ""))
     with raise_peer_lost(strategy, "saving"):
         save_keras_atomic(model, os.path.join(out_dir, "pretrainer.keras"))
-    result = TrainResult(final_loss=final_loss, steps=int(model.optimizer.iterations.numpy()),
-                         num_params=num_params, precision=policy, replicas=replicas,
-                         strategy=type(strategy).__name__,
-                         history=progress.history, eval_loss=eval_loss,
-                         resumed_from_step=resumed)
+    result = TrainResult(final_loss=final_loss, steps=steps, num_params=num_params,
+                         precision=policy, replicas=replicas,
+                         strategy=type(strategy).__name__, history=progress.history,
+                         eval_loss=best_loss, resumed_from_step=resumed,
+                         train_steps=tc.train_steps, users_pretraining=users,
+                         users_without_pair=users_all - users, eval_users=eval_users,
+                         best_step=best_step, best_eval_loss=best_loss,
+                         evaluations=len(history), stopped_early=stopped,
+                         eval_history=history, warnings=notes)
     if chief:
         write_json_atomic(os.path.join(model_dir, "train_result.json"), {
             **dataclasses.asdict(result),
             "model_config": cfg_lib.to_dict(model_config),
-            "train_config": cfg_lib.to_dict(train_config),
+            "train_config": cfg_lib.to_dict(tc),
             "vocab_dir": vocab_dir,
         })
     else:

@@ -46,7 +46,7 @@ import pandas as pd
 import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 
 from clue_tfrs import models as models_lib
-from clue_tfrs.fitting import ModelRun, fit_and_score
+from clue_tfrs.fitting import FitResult, ModelRun, fit_and_score
 from clue_tfrs import protocol
 from clue_tfrs.protocol import (T_UBM, TOPPOP, EvalConfig, FeatureMatrices, FeatureSets,
                                 hybrid_column, umlp_column)
@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 
 def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed: int
                ) -> List[ModelRun]:
-    """The trained columns, in table order: a U-MLP per feature set, then T-UBM and Hybrid."""
+    """The trained columns, in table order: a U-MLP per feature set, then T-UBM and Hybrid
+    (the same seed: the residual Hybrid starts as exactly that T-UBM)."""
     runs: List[ModelRun] = []
     for k, (name, (user_matrix, item_matrix)) in enumerate(features.matrices.items()):
         runs.append(ModelRun(
@@ -71,7 +72,7 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
     if not cfg.run_sequence_models:
         return runs
     sequence_runs: List[Tuple[str, Optional[str]]] = [(T_UBM, None)]
-    if cfg.hybrid_feature_set is not None and cfg.hybrid_feature_set in features.matrices:
+    if _hybrid_set(features, cfg):
         sequence_runs.append((hybrid_column(cfg.hybrid_feature_set), cfg.hybrid_feature_set))
     for column, set_name in sequence_runs:
         user_matrix = features.matrices[set_name][0] if set_name else None
@@ -86,11 +87,40 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
                 dropout=cfg.seq_dropout,
                 pooling=cfg.seq_pooling,
                 user_feature_dim=None if user_matrix is None else user_matrix.shape[1],
+                fusion=cfg.hybrid_fusion,
             )
 
         runs.append(ModelRun(column=column, build=build, init_seed=seed + 200,
                              user_matrix=user_matrix, use_sequence=True))
     return runs
+
+
+def _hybrid_set(features: FeatureMatrices, cfg: EvalConfig) -> Optional[str]:
+    """The feature set of the Hybrid column, or None when there is none to run."""
+    name = cfg.hybrid_feature_set
+    return name if cfg.run_sequence_models and name in features.matrices else None
+
+
+def _select_hybrid(results: Dict[str, FitResult], hybrid_set: Optional[str], cfg: EvalConfig
+                   ) -> Optional[Dict[str, object]]:
+    """Model selection on the validation users: the trained Hybrid, or its T-UBM.
+
+    The Hybrid with a zero feature weight *is* the T-UBM of the same seed, so
+    both are candidates of the Hybrid column; the trained Hybrid is kept only
+    when its best validation loss beats the T-UBM's by ``cfg.min_delta``
+    (same validation positives and negatives). A feature that carries nothing
+    for the task thus cannot pull the Hybrid below its sequence part.
+    """
+    column = hybrid_column(hybrid_set) if hybrid_set else None
+    if cfg.hybrid_fusion != "residual" or column not in results or T_UBM not in results:
+        return None
+    mine, base = results[column].best_val_loss, results[T_UBM].best_val_loss
+    keep = mine is None or base is None or mine < base - cfg.min_delta
+    if not keep:
+        log.info("%s: validation loss %.4f not below T-UBM's %.4f - %g: reporting the T-UBM",
+                 column, mine, base, cfg.min_delta)
+    return {"column": column, "selected": column if keep else T_UBM,
+            "val_loss": mine, "t_ubm_val_loss": base}
 
 
 def evaluate_task(
@@ -127,6 +157,8 @@ def evaluate_task(
     epochs = cfg.max_epochs if epochs is None else epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if cfg.hybrid_fusion not in ("residual", "concat"):
+        raise ValueError(f"hybrid_fusion must be 'residual' or 'concat', got {cfg.hybrid_fusion!r}")
     if cfg.hybrid_feature_set is not None and cfg.run_sequence_models and feature_sets and (
         cfg.hybrid_feature_set not in feature_sets
     ):
@@ -138,15 +170,19 @@ def evaluate_task(
     training: Dict[str, Dict[str, List[float]]] = {}
     epochs_used: Dict[str, int] = {}
     best_epoch: Dict[str, int] = {}
+
     features = protocol.feature_matrices(task, feature_sets)
+    results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed)
-        ranked[run.column] = result.ranked
-        training[run.column] = result.history
+        results[run.column] = result = fit_and_score(run, task, features.user_row, epochs, cfg, seed)
+        ranked[run.column], training[run.column] = result.ranked, result.history
         epochs_used[run.column], best_epoch[run.column] = result.epochs, result.best_epoch
         seconds[run.column] = result.seconds
         log.info("%s: %s (%d epochs, best %d, %.1f s)", run.column, result.ranked.metrics,
                  result.epochs, result.best_epoch, result.seconds)
+    hybrid = _select_hybrid(results, _hybrid_set(features, cfg), cfg)
+    if hybrid and hybrid["selected"] == T_UBM:
+        ranked[hybrid["column"]] = ranked[T_UBM]
 
     values = {column: r.metrics for column, r in ranked.items()}
     split = task.split
@@ -167,6 +203,7 @@ def evaluate_task(
         "cold_start_users": features.cold_users,
         "cold_items": features.cold_items,
         "training": training,
+        "hybrid": hybrid,
         "config": dataclasses.asdict(cfg),
         "protocol": protocol.protocol_description(cfg, num_negatives),
     }

@@ -10,17 +10,22 @@ test queries and the whole catalogue with its two towers and ranks them with
 Training (:func:`fit`): every epoch draws fresh negatives for every training
 positive (binary cross-entropy over (user, item) pairs, the candidates of one
 positive in one row so the query tower runs once per positive). After every
-epoch the validation loss is computed on the validation users with negatives
-drawn once (the same every epoch). Training stops when it has not improved by
+epoch the validation loss (the same BCE) is computed on the validation users
+with negatives drawn once (the same every epoch), from the towers' outputs
+(:func:`validation_loss`). Training stops when it has not improved by
 more than ``EvalConfig.min_delta`` for ``EvalConfig.patience`` epochs, or
 after the epoch cap, and the weights of the best epoch are restored.
 
-Speed: batches count *positives* (``EvalConfig.batch_size`` rows of 1 + n
-candidates). For the sequence models, positives are grouped into batches of
-similar history length and every batch is cut to its longest history
-(histories are right-aligned and padding is masked, so this changes no
-result, only the work); each step function is traced once (shapes
-``[None, None]``) and runs ``EvalConfig.steps_per_execution`` steps per call.
+Speed: a batch holds ``EvalConfig.batch_size`` (user, item) pairs, i.e.
+``batch_size // (1 + n)`` positives with their n negatives. For the sequence
+models, positives are grouped into batches of similar history length
+(:func:`batch_order`) and every batch is cut to its longest history
+(histories are right-aligned and padding is masked, so a positive's score
+does not change, only the work). The training step is traced once per model
+(shapes ``[None, None]``); validation and test positives and the catalogue
+are embedded eagerly in a few large batches (no second traced function), and
+every test positive is scored against its 1 + 100 candidates in one product
+(:func:`clue_tfrs.protocol.rank_test_positives`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from clue_tfrs import models as models_lib
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
 
-__all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order"]
+__all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
+           "validation_loss"]
 
 
 class ModelInputs:
@@ -131,6 +137,8 @@ class FitResult:
       best_epoch: the (1-based) epoch whose weights were kept (the last one
         without validation users).
       seconds: wall time of training and scoring.
+      best_val_loss: the validation loss of the kept weights (None without
+        validation users).
     """
 
     ranked: RankedTest
@@ -138,6 +146,7 @@ class FitResult:
     epochs: int
     best_epoch: int
     seconds: float
+    best_val_loss: Optional[float] = None
 
 
 def batch_order(n: int, rows: int, rng: Optional[np.random.Generator],
@@ -197,9 +206,23 @@ def _epoch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, task: Prep
                    shuffle: bool) -> tf.data.Dataset:
     negs = tasks_lib.sample_training_negatives(
         examples.user_ids, task.positives, task.num_items, num_negatives, rng)
-    batches = batch_order(len(examples), cfg.batch_size, rng if shuffle else None,
+    rows = max(1, cfg.batch_size // (1 + num_negatives))
+    batches = batch_order(len(examples), rows, rng if shuffle else None,
                           inputs.lengths if inputs.use_sequence else None)
     return _pair_dataset(inputs, examples, negs, batches)
+
+
+def validation_loss(model: models_lib.DownstreamModel, inputs: ModelInputs,
+                    examples: tasks_lib.Examples, items: np.ndarray, num_items: int) -> float:
+    """Mean BCE over every (positive, candidate) pair of ``items`` [N, 1 + K] (column 0 the
+    positive), from the two towers in inference mode: exact, whatever the batching, and
+    without a traced evaluation step."""
+    queries = _embed_queries(model, inputs, len(examples))
+    candidates = _embed_candidates(model, inputs, num_items + 1)
+    logits = np.einsum("nd,nkd->nk", queries, candidates[items]).astype(np.float64)
+    labels = np.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
 
 
 def fit(
@@ -215,29 +238,31 @@ def fit(
 ) -> Dict[str, object]:
     """Fits ``model`` with early stopping on the validation loss, at most ``epochs`` epochs.
 
-    Returns {"loss": per-epoch mean train BCE, "auc": train AUC,
+    The validation positives get their negatives once (``seed + 1``), the same
+    every epoch. Returns {"loss": per-epoch mean train BCE, "auc": train AUC,
     "val_loss": per-epoch validation BCE (empty without val users),
-    "best_epoch": 1-based epoch whose weights the model now holds}.
+    "best_epoch": the epoch whose weights the model now holds}.
     """
     rng = np.random.default_rng(seed)
     num_negatives = negatives or cfg.train_negatives
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate or cfg.learning_rate),
-                  steps_per_execution=cfg.steps_per_execution)
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate or cfg.learning_rate))
     history: Dict[str, List[float]] = {"loss": [], "auc": [], "val_loss": []}
-    val_ds = None
+    val_items = None
     if val_inputs is not None and len(task.val):
-        val_ds = _epoch_dataset(val_inputs, task.val, task, num_negatives, cfg,
-                                np.random.default_rng(seed + 1), shuffle=False).cache()
+        negs = tasks_lib.sample_training_negatives(task.val.user_ids, task.positives,
+                                                   task.num_items, num_negatives,
+                                                   np.random.default_rng(seed + 1))
+        val_items = np.concatenate([task.val.targets[:, None], negs], axis=1)
     best, best_epoch, best_weights, waited = math.inf, 0, None, 0
     for epoch in range(1, epochs + 1):
         ds = _epoch_dataset(train_inputs, task.train, task, num_negatives, cfg, rng, shuffle=True)
         logs = model.fit(ds, epochs=1, verbose=0).history
         history["loss"].append(float(logs["bce"][-1]))
         history["auc"].append(float(logs["auc"][-1]))
-        if val_ds is None:
+        if val_items is None:
             best_epoch = epoch
             continue
-        val_loss = float(model.evaluate(val_ds, verbose=0, return_dict=True)["bce"])
+        val_loss = validation_loss(model, val_inputs, task.val, val_items, task.num_items)
         history["val_loss"].append(val_loss)
         if val_loss < best - cfg.min_delta:
             best, best_epoch, waited = val_loss, epoch, 0
@@ -255,10 +280,9 @@ def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: in
                    batch: int = 1024) -> np.ndarray:
     """float32 [n, D] query vectors of examples 0..n-1, batched by history length."""
     batches = batch_order(n, batch, None, inputs.lengths if inputs.use_sequence else None)
-    tower = tf.function(lambda f: model.query_tower(f, training=False), reduce_retracing=True)
     out: Optional[np.ndarray] = None
     for idx in batches:
-        q = tower(inputs.query(tf.constant(idx, tf.int64))).numpy()
+        q = model.query_tower(inputs.query(tf.constant(idx, tf.int64)), training=False).numpy()
         if out is None:
             out = np.zeros((n, q.shape[1]), np.float32)
         out[idx] = q
@@ -268,9 +292,10 @@ def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: in
 def _embed_candidates(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
                       batch: int = 8192) -> np.ndarray:
     """float32 [n, D] candidate vectors of items 0..n-1."""
-    tower = tf.function(lambda f: model.candidate_tower(f, training=False), reduce_retracing=True)
-    parts = [tower(inputs.candidate(tf.range(s, min(n, s + batch), dtype=tf.int64))).numpy()
-             for s in range(0, n, batch)]
+    parts = []
+    for start in range(0, n, batch):
+        idx = tf.range(start, min(n, start + batch), dtype=tf.int64)
+        parts.append(model.candidate_tower(inputs.candidate(idx), training=False).numpy())
     return np.concatenate(parts, axis=0).astype(np.float32)
 
 
@@ -296,5 +321,7 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
     queries = _embed_queries(model, test_in, len(task.test))
     candidates = _embed_candidates(model, test_in, task.num_items + 1)
     ranked = rank_test_positives(queries, candidates, task.test, task.eval_negatives, cfg.top_k)
+    val = history["val_loss"]
     return FitResult(ranked=ranked, history=history, epochs=len(history["loss"]),
-                     best_epoch=best_epoch, seconds=time.perf_counter() - start)
+                     best_epoch=best_epoch, seconds=time.perf_counter() - start,
+                     best_val_loss=val[best_epoch - 1] if val else None)

@@ -205,12 +205,21 @@ class SequenceModel(DownstreamModel):
 
     Query tower: learned item-id embeddings [H] of the history plus learned
     position embeddings (position T-1 = most recent), LayerNorm, ``num_layers``
-    transformer blocks, masked mean (or last item) pooling -> [H]; the Hybrid
-    concatenates a Dense projection [H] of the frozen user feature; a final
-    Dense gives u [H]. Candidate tower: the *same* item-id embedding table
+    transformer blocks, masked mean (or last item) pooling -> [H], a final
+    Dense -> u [H]. Candidate tower: the *same* item-id embedding table
     plus a learned per-item bias. The logit is <u, e_i> + b_i, expressed as
     the dot product of [u, 1] and [e_i, b_i] so that it factorises.
     Trained from scratch (paper: L=4, H=128, A=4).
+
+    Hybrid (``user_feature_dim``), ``fusion="residual"`` (default): u + W_f
+    LN(f_u). LN standardises the frozen feature over its dimensions (no
+    learned scale: a feature of any norm enters at unit scale; a zero vector,
+    a cold-start user, adds nothing); W_f starts at zero and is created after
+    every other weight, so at initialisation the Hybrid *is* the T-UBM of the
+    same seed and the feature enters only as far as training finds it useful.
+    ``fusion="concat"``, the earlier design: u = Dense([pooled, Dense(f_u)]),
+    which starts from other weights than the T-UBM and mixes a randomly
+    projected feature into u from the first step.
 
     Args:
       num_items: C; item indices are 1..C, 0 is padding.
@@ -223,6 +232,7 @@ class SequenceModel(DownstreamModel):
       pooling: "mean" (masked mean over real items) or "last".
       user_feature_dim: dim_u of the frozen user feature for the Hybrid, or
         None for the pure T-UBM.
+      fusion: "residual" or "concat" (Hybrid only; see above).
     """
 
     def __init__(
@@ -236,11 +246,14 @@ class SequenceModel(DownstreamModel):
         dropout: float = 0.1,
         pooling: str = "mean",
         user_feature_dim: Optional[int] = None,
+        fusion: str = "residual",
         name: Optional[str] = None,
     ) -> None:
         super().__init__(name=name or ("hybrid" if user_feature_dim else "t_ubm"))
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if fusion not in ("residual", "concat"):
+            raise ValueError(f"fusion must be 'residual' or 'concat', got {fusion!r}")
         if num_items < 1 or max_history < 1 or num_layers < 0:
             raise ValueError(
                 "need num_items >= 1, max_history >= 1, num_layers >= 0; got "
@@ -255,6 +268,7 @@ class SequenceModel(DownstreamModel):
         self.dropout = dropout
         self.pooling = pooling
         self.user_feature_dim = user_feature_dim
+        self.fusion = fusion
 
         self.item_embedding = tf.keras.layers.Embedding(
             num_items + 1, hidden_size, name="item_embedding"
@@ -271,12 +285,17 @@ class SequenceModel(DownstreamModel):
             TransformerBlock(hidden_size, num_heads, self.intermediate_size, dropout, name=f"block_{i}")
             for i in range(num_layers)
         ]
-        self.user_feature_projection = (
-            tf.keras.layers.Dense(hidden_size, name="user_feature_projection")
-            if user_feature_dim
-            else None
-        )
         self.output_projection = tf.keras.layers.Dense(hidden_size, name="output_projection")
+        self.user_feature_norm = self.user_feature_projection = None
+        if user_feature_dim and fusion == "residual":
+            self.user_feature_norm = tf.keras.layers.LayerNormalization(
+                epsilon=1e-6, center=False, scale=False, name="user_feature_norm")
+            self.user_feature_projection = tf.keras.layers.Dense(
+                hidden_size, use_bias=False, kernel_initializer="zeros",
+                name="user_feature_projection")
+        elif user_feature_dim:
+            self.user_feature_projection = tf.keras.layers.Dense(
+                hidden_size, name="user_feature_projection")
 
     def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
         history = tf.cast(features["history"], tf.int32)  # [B, T'], T' <= T
@@ -295,11 +314,15 @@ class SequenceModel(DownstreamModel):
             )
         else:  # right-aligned: the most recent item is the last column
             pooled = x[:, -1, :]
-        if self.user_feature_projection is not None:
-            pooled = tf.concat(
-                [pooled, self.user_feature_projection(features["user_features"])], axis=-1
-            )
-        user = self.output_projection(pooled)
+        if self.user_feature_projection is None:
+            user = self.output_projection(pooled)
+        elif self.fusion == "residual":  # output layer first: the T-UBM's weights and draws
+            user = self.output_projection(pooled)
+            feature = self.user_feature_norm(tf.cast(features["user_features"], user.dtype))
+            user = user + self.user_feature_projection(feature)
+        else:
+            user = self.output_projection(tf.concat(
+                [pooled, self.user_feature_projection(features["user_features"])], axis=-1))
         return tf.concat([user, tf.ones_like(user[:, :1])], axis=-1)  # [B, H + 1]
 
     def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:
@@ -317,6 +340,7 @@ class SequenceModel(DownstreamModel):
             "dropout": self.dropout,
             "pooling": self.pooling,
             "user_feature_dim": self.user_feature_dim,
+            "fusion": self.fusion,
             "name": self.name,
         }
 

@@ -77,15 +77,14 @@ class EvalConfig:
     fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
     train_negatives: int = 4  # sampled negatives per training positive (sequence models)
     umlp_train_negatives: int = 16  # U-MLP is cheap per pair: more negatives, better ranking
-    batch_size: int = 256  # training positives per batch (each a row of 1 + n candidates)
+    batch_size: int = 256  # (user, item) pairs per training batch: 256 // (1 + n) positives
     learning_rate: float = 1e-3
     # Early stopping (clue_tfrs.fitting.fit): at most `max_epochs` epochs (or
     # evaluate_task's `epochs`), stop after `patience` epochs without a validation
     # loss below the best minus `min_delta`, keep the best epoch's weights.
     max_epochs: int = 20
     patience: int = 2
-    min_delta: float = 1e-4
-    steps_per_execution: int = 8  # training steps per call of the traced step function
+    min_delta: float = 1e-3
     # Paired comparisons (ResultsTable.compare): bootstrap over test users.
     confidence: float = 0.95  # one-sided bounds; the blessing needs lower bound > margin
     bootstrap_resamples: int = 2000
@@ -102,6 +101,10 @@ class EvalConfig:
     seq_pooling: str = "mean"
     run_sequence_models: bool = True
     hybrid_feature_set: Optional[str] = "CLUE"
+    # Hybrid (models.SequenceModel): "residual" starts as the T-UBM of the same seed and
+    # is kept only if it beats it on the validation loss (evaluate._select_hybrid);
+    # "concat" is the earlier joint design.
+    hybrid_fusion: str = "residual"
     top_k: int = 10
 
 

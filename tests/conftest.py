@@ -59,7 +59,7 @@ class ModelBase:
     path: str
 
     def versions(self) -> Dict[int, str]:
-        from clue_keras.serving.model_manager import list_versions
+        from clue_keras.serving.version_dirs import list_versions
 
         return list_versions(self.path)
 

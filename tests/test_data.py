@@ -83,6 +83,24 @@ def test_make_dataset_batching_shuffle_repeat(record_dir):
     assert sorted(seq) == ["u1"] * 4 + ["u2"] * 4 + ["u3"] * 4   # 4 epochs, each user once
 
 
+def test_min_services_keeps_only_users_with_a_pair(record_dir):
+    """u2 has one service: no loss term, so pre-training batches leave it out."""
+    pattern = str(record_dir / "*")
+    ds = D.make_dataset(pattern, INFO, batch_size=1, shuffle=False, repeat=False,
+                        min_services=2)
+    batches = list(ds.as_numpy_iterator())
+    assert [b["user_id"][0].decode() for b in batches] == ["u1", "u3"]
+    for b in batches:
+        np.testing.assert_array_equal(b["token_ids"][0], np.array(EXPECTED[b["user_id"][0].decode()]))
+    ds = D.make_dataset(pattern, INFO, batch_size=2, shuffle=True, repeat=True, seed=3,
+                        min_services=2)
+    seen = [u.decode() for b in ds.take(5).as_numpy_iterator() for u in b["user_id"]]
+    assert sorted(set(seen)) == ["u1", "u3"] and len(seen) == 10
+    assert D.count_users(pattern, INFO, 2) == (2, 3)
+    assert D.count_users(pattern, INFO, 1) == (3, 3)
+    assert D.count_users(pattern, INFO, 3) == (0, 3)
+
+
 def test_load_split_arrays(record_dir):
     arrays = D.load_split_arrays(str(record_dir / "*"), INFO, batch_size=2)
     assert arrays["token_ids"].shape == (3, 2, 3, 4) and arrays["token_ids"].dtype == np.int32

@@ -94,7 +94,8 @@ def test_multi_worker_strategy_after_tensorflow_started_is_a_clear_error(monkeyp
 def test_two_replica_steps_equal_single_device_steps():
     """The global-norm clip sees the summed gradient (not each replica's) and the
     contrastive loss uses the all-gathered keys: weights after 3 steps agree."""
-    from clue_keras.train import build_pretrainer, make_optimizer
+    from clue_keras.optimizer import make_optimizer
+    from clue_keras.train import build_pretrainer
 
     mc = PRESETS["tiny"]
     rng = np.random.default_rng(0)

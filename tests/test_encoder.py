@@ -129,7 +129,7 @@ def test_token_id_beyond_vocabulary_is_a_clear_error():
     model = build_pretrainer(MC)
     ids = token_batch()
     ids[0, 0, 0, 1] = MC.vocab_size + 5
-    with pytest.raises(tf.errors.InvalidArgumentError, match="token id >= vocabulary_size"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="token id >= vocab_size"):
         model({"token_ids": ids})
 
 
@@ -146,7 +146,7 @@ def test_training_steps_under_mixed_precision_follow_float32_gradients(policy, t
     moves them.
     """
     from clue_keras.config import TrainConfig
-    from clue_keras.train import make_optimizer
+    from clue_keras.optimizer import make_optimizer
 
     batch = {"token_ids": token_batch(b=8)}
     keras.utils.set_random_seed(0)

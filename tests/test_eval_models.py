@@ -259,6 +259,24 @@ def test_cold_start_users_are_counted(umlp_table):
     assert info["num_test_positives"] == 30 * 7  # every interaction but the first
 
 
+def test_table_keeps_aligned_per_example_ranks_and_the_epochs_used(umlp_table):
+    t = umlp_table
+    pe = t.per_example
+    assert len(pe.users) == t.info["num_test_positives"] and pe.num_negatives == 100
+    assert pe.users.max() + 1 == t.info["num_users"]["test"]
+    for column in t.columns:  # the table's means are the per-positive values' means
+        for row in ("HR@1", "NDCG@10", "MRR"):
+            assert pe.values(column, row).mean() == pytest.approx(t.value(column, row), abs=1e-12)
+    trained = ["U-MLP (oracle)", "U-MLP (random)"]
+    assert set(t.info["epochs_used"]) == set(trained)
+    for column in trained:
+        assert 1 <= t.info["best_epoch"][column] <= t.info["epochs_used"][column] <= 3
+        assert len(t.info["training"][column]["val_loss"]) == t.info["epochs_used"][column]
+    c = t.compare("U-MLP (oracle)", "U-MLP (random)")
+    assert c["lower"] > 0.2 and c["groups"] == 30
+    assert c in t.info["paired"]
+
+
 def test_write_results_round_trip(umlp_table, tmp_path):
     paths = reporting.write_results(umlp_table, str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["results.json", "results.md", "results.png"]
@@ -293,6 +311,7 @@ def test_sequence_models_train():
     for column in ("T-UBM (BST)", "Hybrid (BST + oracle)"):
         loss = table.info["training"][column]["loss"]
         assert len(loss) == 3 and loss[-1] < loss[0] - 0.02, (column, loss)
+    assert table.info["hybrid"]["selected"] == "Hybrid (BST + oracle)"
     # Seen: TopPop 0.04, T-UBM 0.21, Hybrid 0.34, U-MLP (oracle) 0.53.
     assert table.value("T-UBM (BST)", "MRR") > table.value("TopPop", "MRR") + 0.08
     assert table.value("Hybrid (BST + oracle)", "MRR") > table.value("TopPop", "MRR") + 0.2

@@ -1,5 +1,6 @@
 """Serving SavedModel: signatures, text path == token path == Keras model,
-op allow-list for stock TF Serving, atomic writes."""
+op allow-list for stock TF Serving, atomic writes, the ``clue_metadata``
+self-description and TF Serving's warm-up file."""
 
 import os
 
@@ -8,7 +9,10 @@ import pytest
 import tensorflow as tf
 
 from clue_keras.config import PRESETS
-from clue_keras.export import SIGNATURES, encoder_from_export, export_saved_model
+from clue_keras.export import SIGNATURES, data_fingerprint, encoder_from_export, export_saved_model
+from clue_keras.serving.model_info import METADATA_SIGNATURE, ModelInfo
+from clue_keras.serving.warmup import (WARMUP_FILE, read_warmup_requests, replay_warmup,
+                                       signature_caller)
 from clue_keras.tokenizer import (OfflineTokenizer, graph_op_names, load_vocab_info,
                                   non_core_ops, train_bpe)
 from clue_keras.train import build_pretrainer
@@ -68,6 +72,65 @@ def test_signatures_and_shapes(exported):
     np.testing.assert_array_equal(out["service_embeddings"].numpy()[2, 1], 0.0)
     assert sorted(os.listdir(os.path.join(path, "assets"))) == [
         "clue_model.json", "clue_vocab.json", "merges.txt", "vocab.json"]
+    assert os.listdir(os.path.join(path, "assets.extra")) == ["tf_serving_warmup_requests"]
+
+
+def test_metadata_signature_describes_the_model(exported):
+    _, vocab, path = exported
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures[METADATA_SIGNATURE]
+    assert fn.structured_input_signature == ((), {})  # no inputs
+    info = ModelInfo.from_outputs({k: v.numpy() for k, v in fn().items()})
+    assert info == ModelInfo(
+        services=list(SERVICES), max_items=MC.max_items, max_tokens=MC.max_tokens,
+        embedding_dim=3 * MC.embedding_dim, service_dim=MC.embedding_dim, item_dim=MC.hidden_dim,
+        vocab_size=load_vocab_info(vocab).vocab_size, preset="tiny",
+        data_fingerprint=data_fingerprint(vocab), format_version=1)
+    assert info.data_fingerprint.startswith("sha256:") and len(info.data_fingerprint) == 7 + 64
+    # The widths it reports are the ones the signatures produce.
+    out = loaded.signatures["serving_default"](item_texts=tf.constant(_users().tolist()))
+    assert out["embedding"].shape[-1] == info.embedding_dim
+
+
+def test_model_info_rejects_a_newer_format_and_missing_outputs():
+    info = ModelInfo(["a"], 2, 3, 4, 4, 5, 300, "tiny", "sha256:00")
+    assert ModelInfo.from_outputs(info.outputs()) == info
+    newer = dict(info.outputs(), format_version=np.array(99, np.int32))
+    with pytest.raises(ValueError, match="format version 99 is newer"):
+        ModelInfo.from_outputs(newer)
+    partial = {k: v for k, v in info.outputs().items() if k != "services"}
+    with pytest.raises(ValueError, match="services"):
+        ModelInfo.from_outputs(partial)
+
+
+def test_warmup_file_has_one_predict_log_per_signature_and_replays(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, vocab, path = exported
+    records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator())
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
+    assert [log.WhichOneof("log_type") for log in logs] == ["predict_log"] * len(SIGNATURES)
+    names = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert names == list(SIGNATURES)
+
+    requests = dict(read_warmup_requests(path))
+    assert set(requests) == set(SIGNATURES) and requests[METADATA_SIGNATURE] == {}
+    texts = requests["serving_default"]["item_texts"]
+    assert texts.shape == (2, 3, MC.max_items) and texts[0, 0, 0] and not texts[1, 1, 0]
+    # embed_tokens gets exactly the ids the graph makes of serving_default's texts.
+    np.testing.assert_array_equal(requests["embed_tokens"]["token_ids"],
+                                  _offline_ids(vocab, np.vectorize(bytes.decode)(texts)))
+
+    loaded = tf.saved_model.load(path)
+    call = signature_caller(loaded)
+    outputs = {}
+    replayed = replay_warmup(path, lambda name, inputs: outputs.setdefault(name, call(name, inputs)))
+    assert [name for name, _ in replayed] == list(SIGNATURES)
+    assert outputs["serving_default"]["embedding"].shape == (2, 3 * MC.embedding_dim)
+    assert outputs["retrieve"]["indices"].shape == (2, 2)
+    assert ModelInfo.from_outputs(outputs[METADATA_SIGNATURE]).services == list(SERVICES)
+    np.testing.assert_allclose(outputs["embed_tokens"]["embedding"],
+                               outputs["serving_default"]["embedding"], atol=1e-6)
 
 
 def test_text_path_equals_token_path_equals_keras(exported):

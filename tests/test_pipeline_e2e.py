@@ -415,9 +415,9 @@ def _hand_written_logs(path, users=24, iso=False):
 
 @pytest.mark.slow
 def test_schema_kept_by_the_first_run_stops_a_drifted_run(tmp_path, capsys):
-    """The first run keeps the inferred schema under ROOT/schema; a later run whose
-    logs changed a column's type stops before BehaviorPreprocess does any work,
-    naming the column, and nothing is trained."""
+    """The first run keeps the inferred schema under ROOT/schema; a later run given
+    it (--schema) whose logs changed a column's type stops before BehaviorPreprocess
+    does any work, naming the column, and nothing is trained."""
     root = tmp_path / "runs"
     base = ["run", "--root", str(root), "--no-evaluate", "--train-steps", "2",
             "--batch-size", "4", *[f"--beam-arg={a}" for a in BEAM_IN_MEMORY]]
@@ -426,10 +426,12 @@ def test_schema_kept_by_the_first_run_stops_a_drifted_run(tmp_path, capsys):
     schema = root / "schema" / "schema.pbtxt"
     assert schema.exists() and 'name: "timestamp"' in schema.read_text()
     assert f"kept the schema inferred from these logs in {schema}" in capsys.readouterr().out
+    assert cli.main(base + ["--data", str(tmp_path / "v1")]) == 0  # without --schema: unchanged
+    assert local_runner.summarize(str(root / "metadata" / "metadata.db"), "clue").cached == 6
 
     _hand_written_logs(tmp_path / "v2" / "export.csv", iso=True)  # timestamps became strings
     with pytest.raises(Exception, match="timestamp"):
-        cli.main(base + ["--data", str(tmp_path / "v2")])
+        cli.main(base + ["--data", str(tmp_path / "v2"), "--schema", str(schema)])
     summary = local_runner.summarize(str(root / "metadata" / "metadata.db"), "clue")
     assert summary.executions[pl.SCHEMA_GEN] == "COMPLETE"  # ImportSchemaGen of the kept file
     assert summary.executions[pl.BEHAVIOR_PREPROCESS] == "FAILED"
@@ -446,13 +448,13 @@ def _events(store, execution_id, kind):
     return out
 
 
-def _producer(store, artifact_id):
-    """The execution id whose OUTPUT event wrote ``artifact_id``."""
+def _producers(store, artifact_id):
+    """Ids of the executions with an OUTPUT event for ``artifact_id``, oldest first (the
+    one that wrote it, then any run that reused it from the cache)."""
     from ml_metadata.proto import metadata_store_pb2 as pb
 
-    (event,) = [e for e in store.get_events_by_artifact_ids([artifact_id])
-                if e.type == pb.Event.OUTPUT]
-    return event.execution_id
+    return sorted(e.execution_id for e in store.get_events_by_artifact_ids([artifact_id])
+                  if e.type == pb.Event.OUTPUT)
 
 
 @pytest.mark.slow
@@ -487,6 +489,9 @@ def test_a_changed_task_reruns_the_evaluator_and_its_blessing_names_the_task(tmp
         assert json.load(f)["info"]["task"] == "views_2021"
 
     # One row changed under the same path (its item becomes another item of the task).
+    # (The schema the first run kept would make the second import it with ImportSchemaGen
+    # and so re-run everything after SchemaGen; without it, only the task differs.)
+    (root / "schema" / "schema.pbtxt").unlink()
     with open(task, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     row = rows[0]
@@ -513,16 +518,16 @@ def test_a_changed_task_reruns_the_evaluator_and_its_blessing_names_the_task(tmp
     inputs = [_events(store, i, pb.Event.INPUT) for i in evaluations]
     assert inputs[0]["task"] != inputs[1]["task"]  # the new examples, not the old ones
     (blessing_id,) = _events(store, evaluations[1], pb.Event.OUTPUT)["blessing"]
-    assert _producer(store, blessing_id) == evaluations[1]
+    assert _producers(store, blessing_id) == [evaluations[1]]
     (task_id,) = inputs[1]["task"]
-    assert _producer(store, task_id) == task_gens[1]
+    assert _producers(store, task_id) == [task_gens[1]]
     gen = store.get_executions_by_id([task_gens[1]])[0]
     assert custom_properties(gen)["input_base"] == str(task.parent)
     assert json.loads(custom_properties(gen)["input_config"])["splits"][0]["pattern"] == \
         task.name
     (user_examples_id,) = inputs[1]["user_examples"]  # the Trainer's records, cached
     assert user_examples_id == inputs[0]["user_examples"][0]
-    assert node_of[_producer(store, user_examples_id)] == pl.BEHAVIOR_PREPROCESS
+    assert {node_of[i] for i in _producers(store, user_examples_id)} == {pl.BEHAVIOR_PREPROCESS}
 
     # The new examples hold the changed row.
     artifact = store.get_artifacts_by_id([task_id])[0]

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 
 from clue_keras.serving import models_config
 from clue_keras.serving.client import CLUEClient, ServingError
-from clue_keras.serving.model_manager import list_versions
+from clue_keras.serving.version_dirs import list_versions
 
 EXTERNAL_ADDRESS = os.environ.get("CLUE_SERVING_ADDRESS")
 EXTERNAL = bool(EXTERNAL_ADDRESS)
@@ -109,7 +109,7 @@ def fresh_target(saved_models, start_serving, tmp_path):
     """A server of its own, for tests that push or break versions."""
     base = tmp_path / "base"
     base.mkdir()
-    t = start_serving(saved_models[1.0], "clue_test", base_path=str(base))
+    t = start_serving(saved_models[1.0], "clue_test", base_path=str(base), stalled_seconds=2.0)
     yield t
     t.stop()
 
@@ -419,10 +419,11 @@ def test_cli_embed_writes_parquet_and_errors(target, tmp_path, capsys):
     assert [e["user_id"] for e in errors] == ["u2"] and "INVALID_ARGUMENT" in errors[0]["error"]
     assert sorted(os.listdir(tmp_path / "emb")) == ["embeddings.errors.jsonl", "embeddings.parquet"]
 
-    # A malformed input line is an input error naming file and line.
+    # With --strict a malformed input line is an input error naming file and line
+    # (without it, tests/test_self_describing.py: reported in the errors file).
     users_path.write_text('{"user_id": "a", "items": {}}\n{not json\n')
     rc = main(["embed", "--server", target.address, "--model", target.model_name, "--input", str(users_path),
-               "--out", str(out), "--services", ",".join(SERVICES)])
+               "--out", str(out), "--services", ",".join(SERVICES), "--strict"])
     assert rc == 2
     assert f"{users_path}:2: not valid JSON" in capsys.readouterr().err
 

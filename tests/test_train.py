@@ -16,7 +16,8 @@ from clue_keras.cross_service import cross_service_top1
 from clue_keras.data.input import load_split_arrays
 from clue_keras.data.prepare import prepare_local
 from clue_keras.tokenizer import load_vocab_info
-from clue_keras.train import load_pretrainer, make_schedule, train
+from clue_keras.optimizer import make_schedule
+from clue_keras.train import load_pretrainer, train
 
 MC = PRESETS["tiny"]
 
@@ -46,17 +47,24 @@ def test_schedule_warmup_then_cosine_to_ten_percent():
 
 
 def test_short_training_learns_cross_service_identity(records, tmp_path):
+    # patience=0: every step (this small set over-fits within 150 steps; the weights of
+    # the best held-out step are the ones exported).
     tc = TrainConfig(batch_size=64, train_steps=150, checkpoint_every=150, log_every=25,
-                     learning_rate=2e-3)
+                     learning_rate=2e-3, patience=0)
     lines = []
     result = train(_files(records, "train"), os.path.join(records, "vocab"), MC, tc,
                    str(tmp_path / "model"), eval_files=_files(records, "eval"),
                    precision="float32", printer=lines.append)
     losses = [h["loss"] for h in result.history]
-    assert result.steps == 150
+    assert result.steps == 150 and not result.stopped_early
     assert losses[-1] < losses[0] - 0.5, losses
-    assert np.isfinite(result.eval_loss)
-    assert any("tokens/s" in line and "logit_scale" in line for line in lines)
+    assert [h["step"] for h in result.eval_history] == list(range(15, 151, 15))
+    assert result.eval_loss == result.best_eval_loss == min(
+        h["eval_loss"] for h in result.eval_history)
+    stats = json.load(open(os.path.join(records, "stats.json")))
+    assert result.users_pretraining + result.users_without_pair == stats["users_train"]
+    assert any("tokens/s" in line and "logit_scale" in line and "padding" in line
+               for line in lines)
 
     model = load_pretrainer(str(tmp_path / "model" / "pretrainer.keras"))
     arrays = load_split_arrays(_files(records, "test"), load_vocab_info(os.path.join(records, "vocab")))
@@ -116,6 +124,11 @@ def test_interrupt_saves_a_checkpoint_at_the_current_step(records, tmp_path):
               callbacks=[_Crash(7, KeyboardInterrupt)])
     assert tf.train.latest_checkpoint(str(tmp_path / "m" / "checkpoints")).endswith("ckpt-7")
     assert any("interrupted at step 7" in line for line in lines)
+    # Resumed mid-way between two periodic checkpoints: the run still ends at step 40.
+    resumed = train(_files(records, "train"), os.path.join(records, "vocab"), MC, tc,
+                    str(tmp_path / "m"), precision="float32", printer=lines.append)
+    assert (resumed.resumed_from_step, resumed.steps) == (7, 40)
+    assert [h["step"] for h in resumed.history] == [10, 20, 30, 40]
 
 
 def test_two_cpu_replicas_train(records, tmp_path):

@@ -88,6 +88,11 @@ class PipelineConfig:
       model: the architecture; None (the default) means ``get_preset(preset)``.
       train: optimisation (`clue_keras.config.TrainConfig`; default
         `LOCAL_TRAIN`: 400 steps, batch 64, lr 2e-3, checkpoint at the end).
+        ``train.epochs`` set: the Trainer trains that many passes over the
+        train split's users with >= ``train.min_services`` services instead of
+        ``train_steps``; held-out loss every ``train.eval_every`` steps (0: a
+        tenth of the steps), early stop after ``train.patience`` evaluations
+        without improvement (0: never), the best step's weights exported.
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
       cpu_replicas: MirroredStrategy over this many logical CPU devices when
         there is no GPU (1 = the default strategy).
@@ -183,7 +188,13 @@ class PipelineConfig:
         for name in ("train_steps", "batch_size"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
-        if self.train.checkpoint_every and self.train.train_steps % self.train.checkpoint_every:
+        for name in ("eval_every", "patience", "checkpoint_every"):
+            if getattr(self.train, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self.train, name)}")
+        if self.train.epochs is not None and not self.train.epochs > 0:
+            raise ValueError(f"train.epochs must be > 0, got {self.train.epochs}")
+        if self.train.epochs is None and self.train.checkpoint_every \
+                and self.train.train_steps % self.train.checkpoint_every:
             raise ValueError(f"train_steps ({self.train.train_steps}) must be a multiple of "
                              f"checkpoint_every ({self.train.checkpoint_every})")
         if self.precision not in PRECISIONS:

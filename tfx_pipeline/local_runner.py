@@ -82,7 +82,6 @@ class RunSummary:
         return [
             f"clue serve --model-base-path {base} --model-name {self.MODEL_NAME} --port 8500",
             f"clue embed --server 127.0.0.1:8500 --model {self.MODEL_NAME} "
-            f"--vocab {os.path.join(self.pushed_to.rstrip('/'), 'assets')} "
             "--input users.jsonl --out embeddings.parquet",
         ]
 
@@ -121,6 +120,11 @@ class RunSummary:
             lines.append(f"  trained with {t.get('strategy') or 'the default strategy'} on "
                          f"{t.get('replicas', 1)} replica(s), precision policy "
                          f"{t.get('precision', '?')}")
+            if t.get("best_step") is not None:
+                lines.append(f"  kept step {t['best_step']} (best held-out loss "
+                             f"{t['best_eval_loss']:.4f} of {t.get('evaluations')} evaluations)"
+                             + (", stopped early" if t.get("stopped_early") else ""))
+            lines.extend(f"  warning: {w}" for w in t.get("warnings") or [])
         if self.evaluation_table:
             lines.append(f"  downstream evaluation ({self.evaluation_uri}):")
             lines.extend("    " + line if line else "" for line in
@@ -243,8 +247,27 @@ def keep_inferred_schema(metadata_path: str, pipeline_name: str, schema_file: st
     return None
 
 
+def _failed_components(metadata_path: str, pipeline_name: str) -> List[str]:
+    """Components of the newest run whose execution FAILED ([] if none or unknown)."""
+    try:
+        summary = summarize(metadata_path, pipeline_name)
+    except Exception:  # pylint: disable=broad-except
+        return []  # no run recorded yet (the failure came first)
+    return [name for name, state in summary.executions.items() if state == "FAILED"]
+
+
+def _remove_partial_pushes(config: PipelineConfig, stream) -> None:
+    from tfx_pipeline.output_dirs import remove_partial_pushes
+
+    for path, why in remove_partial_pushes(config.metadata_path, config.pipeline_name,
+                                           config.serving_model_dir):
+        print(f"removed {path}: an interrupted push left it half-copied "
+              f"({why.splitlines()[0]})",
+              file=stream, flush=True)
+
+
 def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = None,
-        stream=None) -> RunSummary:
+        stream=None, exclusive: bool = False) -> RunSummary:
     """Runs ``create_pipeline(config)`` with LocalDagRunner; returns the run's summary.
 
     Prints one line per component as it starts and ends (`ComponentProgress`)
@@ -253,19 +276,38 @@ def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = N
     the metadata directory's parent), whose path is the summary's ``log_path``.
     The run report (`tfx_pipeline.report`) goes to ``ROOT/reports/<run id>.html``.
 
+    Before any component runs, the pipeline root, the metadata directory and (with
+    an Evaluator, hence a Pusher) the serving directory must be writable
+    (`output_dirs.check_writable`). With ``exclusive`` (the caller guarantees no
+    other run uses this store: `clue run` holds ``ROOT/.clue-run.lock``), version
+    directories that an interrupted or failed Pusher left half-copied in the
+    serving directory are removed, before the run and after a failure
+    (`output_dirs.remove_partial_pushes`), each named on ``stream``.
+
     Raises whatever a failing component raised (e.g. BehaviorPreprocess's
-    `InputValidationError`); components after it do not run.
+    `InputValidationError`), with ``clue_failed_components`` (component ids) and
+    ``clue_log_path`` set on it; components after it do not run.
+    `output_dirs.OutputDirError` when an output directory is not writable.
     """
     if not config.metadata_path:
         raise ValueError("a local run needs config.metadata_path (the SQLite MLMD file)")
+    from tfx_pipeline.output_dirs import check_writable
+
+    metadata_dir = os.path.dirname(os.path.abspath(config.metadata_path))
+    check_writable(metadata_dir, "the metadata directory")
+    check_writable(config.pipeline_root, "the pipeline root")
+    if config.evaluate:
+        check_writable(config.serving_model_dir, "the serving directory")
+
     from tfx import v1 as tfx
 
     from tfx_pipeline.pipeline import create_pipeline
     from tfx_pipeline.progress import ComponentProgress
     from tfx_pipeline.run_log import quiet_stderr
 
-    metadata_dir = os.path.dirname(os.path.abspath(config.metadata_path))
     os.makedirs(metadata_dir, exist_ok=True)
+    if exclusive and config.evaluate:
+        _remove_partial_pushes(config, stream)
     log_dir = log_dir or os.path.join(os.path.dirname(metadata_dir), "logs")
     with quiet_stderr(log_dir, verbose=verbose) as log_path:
         try:
@@ -274,6 +316,13 @@ def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = N
         except BaseException as e:
             if log_path:
                 e.clue_log_path = log_path  # the CLI names it next to the error
+            e.clue_failed_components = _failed_components(config.metadata_path,
+                                                          config.pipeline_name)
+            if exclusive and config.evaluate and isinstance(e, Exception):
+                try:
+                    _remove_partial_pushes(config, stream)
+                except Exception:  # pylint: disable=broad-except
+                    pass  # the original error is the one to report
             raise
     summary = summarize(config.metadata_path, config.pipeline_name)
     summary.log_path = log_path

@@ -7,7 +7,10 @@ Reads from ``fn_args``:
   train_files / eval_files   ``[<user_examples>/Split-train/*]`` / ``Split-eval``;
                              the vocabulary is ``<user_examples>/vocab/``
   model_run_dir              checkpoints, TensorBoard logs, pretrainer.keras,
-                             train_result.json (final loss, steps, params ...)
+                             train_result.json (final loss, steps, params ...),
+                             resume_key.json; trained in a directory a retry of
+                             the same Trainer finds again and moved here when
+                             done (`tfx_pipeline.trainer_resume`)
   serving_model_dir          the serving SavedModel (`clue_keras.export`)
   custom_config              `tfx_pipeline.config.TrainerSettings` as written by
                              ``PipelineConfig.trainer_custom_config()``: preset name,
@@ -17,6 +20,7 @@ Reads from ``fn_args``:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Dict, List, Sequence
 
 from absl import logging
@@ -44,15 +48,18 @@ def _examples_stats(vocab_dir: str) -> Dict[str, Any]:
 
 
 def _settings(custom_config: Dict[str, Any]):
-    """`TrainerSettings` from ``custom_config``, with the Trainer's normalisation:
-    ``checkpoint_every=0`` means once at the end, progress every <= 10 steps."""
+    """`TrainerSettings` from ``custom_config`` and its `TrainConfig`. ``train`` reads
+    ``checkpoint_every=0`` as once at the end, derives the steps from ``epochs`` when
+    set (a pass over the train split's users with a pair of services) and scores the
+    held-out loss only when the eval split has a batch of such users."""
     from tfx_pipeline.config import TrainerSettings
 
     settings = TrainerSettings.from_custom_config(custom_config)
-    tc = settings.train
-    tc = tc.replace(checkpoint_every=tc.checkpoint_every or tc.train_steps,
-                    log_every=max(1, min(tc.log_every, tc.train_steps)))
-    return settings, tc
+    return settings, settings.train
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
 
 
 def run_fn(fn_args) -> None:
@@ -63,30 +70,39 @@ def run_fn(fn_args) -> None:
     """
     from clue_keras.distribute import get_strategy, is_chief
     from clue_keras.export import export_saved_model
+    from clue_keras.precision import resolve_policy
     from clue_keras.train import load_pretrainer, train
+    from tfx_pipeline.trainer_resume import publish_run, resumable_dir, resume_key
 
-    settings, train_config = _settings(dict(fn_args.custom_config or {}))
+    custom_config = dict(fn_args.custom_config or {})
+    settings, train_config = _settings(custom_config)
     model_config = settings.model
     train_files: List[str] = list(fn_args.train_files)
     eval_files: List[str] = list(fn_args.eval_files or [])
     vocab_dir = vocab_dir_from_files(train_files)
-    users_eval = _examples_stats(vocab_dir).get("users_eval")
-    if eval_files and users_eval is not None and users_eval < train_config.batch_size:
-        # A held-out loss needs one full global batch (batches have a static size).
-        logging.warning("eval split has %d users < batch %d: no held-out loss",
-                        users_eval, train_config.batch_size)
-        eval_files = []
+    stats = _examples_stats(vocab_dir)
+    if stats:
+        logging.info("CLUE run_fn: BehaviorPreprocess kept %s train users (%s users of all "
+                     "splits with a single service, not pre-trained on)",
+                     stats.get("users_train"), stats.get("users_kept_single_service"))
     strategy = get_strategy(settings.cpu_replicas)
-    logging.info("CLUE run_fn: preset %s, %d steps, batch %d, vocab %s",
-                 settings.preset, train_config.train_steps,
-                 train_config.batch_size, vocab_dir)
+    # Checkpoints live where a retry of this Trainer (same inputs, same settings) finds them.
+    work_dir = resumable_dir(fn_args.model_run_dir, resume_key(
+        train_files + list(fn_args.eval_files or []), custom_config,
+        resolve_policy(settings.precision)))
+    logging.info("CLUE run_fn: preset %s, %s, batch %d, vocab %s", settings.preset,
+                 f"{train_config.train_steps} steps" if train_config.epochs is None
+                 else f"{train_config.epochs:g} epochs", train_config.batch_size, vocab_dir)
     result = train(train_files, vocab_dir, model_config, train_config,
-                   model_dir=fn_args.model_run_dir, eval_files=eval_files or None,
+                   model_dir=work_dir, eval_files=eval_files or None,
                    strategy=strategy, precision=settings.precision,
-                   printer=logging.info)
+                   # Progress on standard output (a bar on a terminal): what a person
+                   # watching `clue run` or the pod's log sees while the Trainer works.
+                   printer=_print_line, progress_bar=sys.stdout.isatty())
     logging.info("CLUE run_fn: final loss %.4f after %d steps, %d parameters",
                  result.final_loss, result.steps, result.num_params)
     if not is_chief(strategy):
         return  # only the chief exports (it alone wrote pretrainer.keras)
-    pretrainer = load_pretrainer(os.path.join(fn_args.model_run_dir, "pretrainer.keras"))
-    export_saved_model(pretrainer, vocab_dir, fn_args.serving_model_dir)
+    pretrainer = load_pretrainer(os.path.join(work_dir, "pretrainer.keras"))
+    export_saved_model(pretrainer, vocab_dir, fn_args.serving_model_dir)  # atomic
+    publish_run(work_dir, fn_args.model_run_dir)  # one rename: whole or absent

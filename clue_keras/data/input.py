@@ -4,11 +4,17 @@ Records (docs/ARCHITECTURE.md) hold, per service, flat token ids and per-item
 lengths; :func:`make_dataset` turns a batch of them into dense
 ``token_ids`` int32 [B, P, S, L] (items oldest first and left-aligned, padding
 after) with ``tf.io.RaggedFeature`` + ``RaggedTensor.to_tensor``.
+
+Pre-training batches hold only users who contribute a loss term: a user with
+one service has no pair to contrast (``clip_loss``) and would only take a batch
+slot, so ``make_dataset(..., min_services=2)`` keeps users with at least two
+non-empty services, filtering each file before the shuffle (the stream is the
+one a file without those users would give). :func:`count_users` counts them.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -74,10 +80,54 @@ def make_parse_fn(vocab_info: VocabInfo):
     return parse
 
 
+def make_service_count_fn(vocab_info: VocabInfo):
+    """Function: serialised examples string [N] -> int32 [N], each user's number of
+    services with at least one item (only the ``lengths/<service>`` lists are parsed)."""
+    spec = {lengths_key(s): tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+            for s in vocab_info.services}
+
+    def count(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        has = [tf.cast(parsed[lengths_key(s)].row_lengths() > 0, tf.int32)
+               for s in vocab_info.services]
+        return tf.add_n(has)
+
+    return count
+
+
+#: Records parsed together when filtering or counting users.
+_SCAN_BATCH = 1024
+
+
+def _keep_users_with(records: tf.data.Dataset, vocab_info: VocabInfo,
+                     min_services: int) -> tf.data.Dataset:
+    """Only the serialised records of users with >= ``min_services`` services, in order."""
+    count = make_service_count_fn(vocab_info)
+    return (records.batch(_SCAN_BATCH)
+            .map(lambda s: tf.boolean_mask(s, count(s) >= min_services))
+            .unbatch())
+
+
+def count_users(file_pattern: FilePattern, vocab_info: VocabInfo, min_services: int,
+                compression_type: str = "GZIP") -> Tuple[int, int]:
+    """``(users with >= min_services non-empty services, all users)`` in the files:
+    one pass that parses only the per-item lengths."""
+    files = list_files(file_pattern)
+    count = make_service_count_fn(vocab_info)
+    ds = (tf.data.TFRecordDataset(files, compression_type=compression_type,
+                                  num_parallel_reads=min(len(files), 8))
+          .batch(_SCAN_BATCH).map(count, num_parallel_calls=tf.data.AUTOTUNE))
+    kept, total = ds.reduce(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        lambda acc, n: (acc[0] + tf.reduce_sum(tf.cast(n >= min_services, tf.int64)),
+                        acc[1] + tf.size(n, out_type=tf.int64)))
+    return int(kept), int(total)
+
+
 def make_dataset(file_pattern: FilePattern, vocab_info: VocabInfo, batch_size: int,
                  shuffle: bool = True, repeat: bool = True, seed: int = 0,
                  drop_remainder: bool = True, shuffle_buffer: int = 10_000,
-                 compression_type: str = "GZIP") -> tf.data.Dataset:
+                 compression_type: str = "GZIP", min_services: int = 0) -> tf.data.Dataset:
     """Batches of users from gzipped per-user TFRecords.
 
     Args:
@@ -89,6 +139,9 @@ def make_dataset(file_pattern: FilePattern, vocab_info: VocabInfo, batch_size: i
         the order of the sorted file list.
       repeat: repeat forever.
       drop_remainder: drop a last partial batch (static batch dimension).
+      min_services: keep only users with at least this many non-empty services
+        (pre-training: 2, the users who contribute a loss term); 0 or 1 keeps
+        every user (serving, features, evaluation of all users).
 
     Returns:
       Dataset of ``{"token_ids": int32 [B, P, S, L], "user_id": string [B]}``.
@@ -104,8 +157,14 @@ def make_dataset(file_pattern: FilePattern, vocab_info: VocabInfo, batch_size: i
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path):
+        records = tf.data.TFRecordDataset(path, compression_type=compression_type)
+        return _keep_users_with(records, vocab_info, min_services) if min_services > 1 \
+            else records
+
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=compression_type),
+        read,
         # Without shuffling, read files one after the other: records come in file order.
         cycle_length=min(len(files), 8) if shuffle else 1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)

@@ -34,6 +34,7 @@ import apache_beam as beam
 import tensorflow as tf
 
 from clue_keras.atomic import write_json_atomic
+from clue_keras.data.engines import ReadTFRecords, remove_write_leftovers, select_tags
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
 from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
@@ -127,7 +128,7 @@ def split_index(user: Tuple[str, Any], num_partitions: int, eval_percent: int,
 # ---------------------------------------------------------------------------
 
 class _ParseRowFn(beam.DoFn):
-    """`parse_row`; a dropped row goes to the ``dropped`` output as its stats key
+    """`parse_row` -> ``("rows", row)``; a dropped row -> ``("dropped", its stats key)``
     (the first few are logged with the reason)."""
 
     _LOG_FIRST = 5
@@ -138,22 +139,21 @@ class _ParseRowFn(beam.DoFn):
 
     def process(self, serialized: bytes):
         try:
-            yield parse_row(serialized)
+            yield "rows", parse_row(serialized)
         except BadRow as e:
             if self._logged < self._LOG_FIRST:
                 from absl import logging
 
                 self._logged += 1
                 logging.warning("BehaviorPreprocess: dropping a row (%s): %s", e.key, e)
-            yield beam.pvalue.TaggedOutput(DROPPED, e.key)
+            yield DROPPED, e.key
 
 
 @beam.ptransform_fn
 def ParseRows(serialized: beam.PCollection) -> Dict[str, beam.PCollection]:  # pylint: disable=invalid-name
     """bytes (serialized raw tf.Example) -> ``{"rows": row dicts (`parse_row`),
-    "dropped": the stats key of each dropped row}``."""
-    out = serialized | "Parse" >> beam.ParDo(_ParseRowFn()).with_outputs(DROPPED, main="rows")
-    return {"rows": out.rows, DROPPED: out[DROPPED]}
+    "dropped": the stats key of each dropped row}`` (`select_tags`: portable to Dask)."""
+    return select_tags(serialized | "Parse" >> beam.ParDo(_ParseRowFn()), ("rows", DROPPED))
 
 
 @beam.ptransform_fn
@@ -185,12 +185,17 @@ def BuildUserHistories(rows: beam.PCollection, max_items: int, min_items: int,  
     return {"all": cleaned, "active": active}
 
 
+def _in_split(user: Tuple[str, Any], index: int, eval_percent: int, test_percent: int) -> bool:
+    return split_index(user, len(SPLITS), eval_percent, test_percent) == index
+
+
 def split_by_user(users: beam.PCollection, eval_percent: int,
                   test_percent: int) -> Dict[str, beam.PCollection]:
-    """Partitions ``(user_id, ...)`` into ``{"train", "eval", "test"}`` by user-id hash."""
-    parts = users | "SplitByUser" >> beam.Partition(
-        split_index, len(SPLITS), eval_percent=eval_percent, test_percent=test_percent)
-    return dict(zip(SPLITS, parts))
+    """Partitions ``(user_id, ...)`` into ``{"train", "eval", "test"}`` by user-id hash
+    (a filter per split: `beam.Partition` is wrong on Dask, `clue_keras.data.engines`)."""
+    return {split: users | f"SplitByUser[{split}]" >> beam.Filter(
+        _in_split, index=i, eval_percent=eval_percent, test_percent=test_percent)
+        for i, split in enumerate(SPLITS)}
 
 
 def _item_texts(user: Tuple[str, Any]) -> List[str]:
@@ -289,15 +294,18 @@ def _sum(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
             | label >> beam.CombineGlobally(sum))
 
 
-_WRITTEN = "_written_"  # prefix of the side inputs that only order WriteStats after the writes
+def _named(value: Any, name: str) -> Tuple[str, Any]:
+    return name, value
 
 
-def _write_stats(_, path: str, services: List[str], **counts: Any) -> None:
+def _write_stats(_, path: str, services: List[str], counts: Dict[str, Any],
+                 written: List[str]) -> None:
+    remove_write_leftovers(written)  # none but on Dask (`clue_keras.data.engines`)
     stats: Dict[str, Any] = {}
     for key, value in counts.items():
         if isinstance(value, dict):  # several counts at once (`_count_keys`)
             stats.update({k: int(v) for k, v in value.items()})
-        elif not key.startswith(_WRITTEN):
+        else:
             stats[key] = int(value)
     stats["services"] = list(services)
     write_json_atomic(path, stats)
@@ -310,12 +318,15 @@ def WriteStats(pbegin: beam.pvalue.PBegin, path: str, services: beam.PCollection
     """Writes ``{count name: int, ..., "services": [...]}`` to ``path`` (JSON, atomic)
     once the ``counts`` (one-element PCollections of an int, or of a dict of
     named ints merged in) are known and the files
-    ``written`` (PCollections of file names) are complete."""
+    ``written`` (PCollections of file names) are complete. One side input for all
+    counts: Dask recomputes each side input (`clue_keras.data.engines`)."""
+    named = [pcoll | f"Name[{k}]" >> beam.Map(_named, name=k) for k, pcoll in counts.items()]
+    all_counts = named | "Counts" >> beam.Flatten() | "CountsDict" >> beam.combiners.ToDict()
+    files = list(written.values()) | "Written" >> beam.Flatten()
     return (pbegin | "Trigger" >> beam.Create([None])
             | "Write" >> beam.Map(
                 _write_stats, path=path, services=beam.pvalue.AsSingleton(services),
-                **{_WRITTEN + k: beam.pvalue.AsList(v) for k, v in written.items()},
-                **{k: beam.pvalue.AsSingleton(v) for k, v in counts.items()}))
+                counts=beam.pvalue.AsSingleton(all_counts), written=beam.pvalue.AsList(files)))
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +352,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     max_text_bytes = params.get("max_text_bytes")
     max_text_bytes = DEFAULT_MAX_TEXT_BYTES if max_text_bytes is None else int(max_text_bytes)
     min_items, min_services = int(params["min_items_per_user"]), int(params["min_services_per_user"])
-    raw = p | "ReadRaw" >> beam.io.ReadFromTFRecord(raw_pattern)
+    raw = p | "ReadRaw" >> ReadTFRecords(raw_pattern)  # pylint: disable=no-value-for-parameter
     parsed = raw | "ParseRows" >> ParseRows()  # pylint: disable=no-value-for-parameter
     users = parsed["rows"] | "BuildUserHistories" >> BuildUserHistories(  # pylint: disable=no-value-for-parameter
         max_items=max_items, min_items=min_items, min_services=min_services,

@@ -71,6 +71,16 @@ class CLUEClient(UserEmbedding):
         (doubling, with up to 50% random extra).
       max_response_bytes: largest response accepted.
       channel: an existing ``grpc.Channel`` to use instead of opening one.
+      root_certificates: PEM bytes of the CA that signed the server's
+        certificate: connect with TLS (``clue serve --ssl-config-file``, TF
+        Serving's ``--ssl_config_file``).
+      client_cert, client_key: PEM bytes of this client's certificate chain
+        and key, for a server that verifies clients (mutual TLS).
+      channel_credentials: ``grpc.ChannelCredentials`` to use instead of the
+        three above (e.g. ``grpc.ssl_channel_credentials()`` for system roots).
+      tls_server_name: the name to check the server certificate against when
+        it differs from the host in ``address``.
+      Without any of these the channel is plaintext.
     """
 
     def __init__(
@@ -87,6 +97,11 @@ class CLUEClient(UserEmbedding):
         max_backoff_s: float = 5.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         channel: Optional[grpc.Channel] = None,
+        root_certificates: Optional[bytes] = None,
+        client_cert: Optional[bytes] = None,
+        client_key: Optional[bytes] = None,
+        channel_credentials: Optional[grpc.ChannelCredentials] = None,
+        tls_server_name: Optional[str] = None,
     ):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -106,14 +121,22 @@ class CLUEClient(UserEmbedding):
         self.max_attempts = max_attempts
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("give client_cert and client_key together")
+        if channel_credentials is None and (root_certificates or client_cert):
+            channel_credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+        self.tls = channel_credentials is not None
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_response_bytes),
+        ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_response_bytes),
-            ],
-        )
+        if channel is None:
+            channel = (grpc.secure_channel(address, channel_credentials, options=options) if self.tls
+                       else grpc.insecure_channel(address, options=options))
+        self._channel = channel
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._rng = random.Random()
@@ -157,6 +180,9 @@ class CLUEClient(UserEmbedding):
                     continue
                 if code in RETRYABLE:
                     details = f"{details} (gave up after {attempt} attempts)"
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    details += ("; TLS handshake failed? check the CA (--tls-ca) and client certificate"
+                                if self.tls else "; if the server uses TLS, pass --tls-ca / root_certificates")
                 raise ServingError(code, details) from None
         raise AssertionError("unreachable")
 

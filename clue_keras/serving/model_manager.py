@@ -1,30 +1,26 @@
-"""Model versions on disk and in memory: discovery, completeness, loading, polling.
+"""Model versions in memory: polling, the completeness rule, loading, swapping.
 
-Model directory layout (TF Serving's, and what the TFX Pusher writes)::
-
-    <model_base_path>/<integer version>/saved_model.pb (+ variables/, assets/, fingerprint.pb)
-
-Only directories directly under the base path whose name is an integer and
-which resolve to a place inside the base path are versions; anything else
-(``tmp-123``, ``.staging``, ``junk``, a symlink out) is ignored and nothing else
-is ever loaded.
+``ModelManager`` polls ``<model_base_path>`` (:mod:`clue_keras.serving.version_dirs`:
+integer directories inside it, nothing else is ever loaded) and serves the
+highest *complete* version.
 
 **When a version is loaded (the completeness rule).** The Pusher copies a model
 into ``<base>/<version>/`` in place, file by file, ``saved_model.pb`` last (its
 own copy is not atomic either); ``cp -r`` by hand copies in directory order. So
 a version directory is loaded only when all of these hold:
 
-1. ``saved_model.pb`` is present, and ``variables/variables.index`` with every
-   data shard ``variables.data-K-of-N`` it names (TF2's ``tf.saved_model.save``
-   always writes them, and TF2's loader needs them);
-2. if ``fingerprint.pb`` is present (TF >= 2.12 writes it), the checksums of
-   ``saved_model.pb`` and ``variables.index`` computed now equal the ones it
-   recorded at save time (a truncated or half-copied file never matches);
+1. ``saved_model.pb``, ``variables/variables.index`` and every variables data
+   shard are present; and
+2. if ``fingerprint.pb`` is present (TF >= 2.12), ``saved_model.pb`` and
+   ``variables.index`` match the checksums it recorded at save time
+   (``version_dirs.incomplete_reason``);
 3. the directory (every file's path, size and mtime) is unchanged between two
    consecutive polls (``poll_seconds`` apart);
 4. ``tf.saved_model.load`` succeeds (checkpoint reads verify each variable's
-   CRC32C, which a truncated data shard fails), and the directory is still
-   unchanged after the load; otherwise the loaded copy is dropped.
+   CRC32C, which a truncated data shard fails), its warm-up requests
+   (``assets.extra/tf_serving_warmup_requests``, if any) run without error, as
+   in TF Serving, and the directory is still unchanged after all that;
+   otherwise the loaded copy is dropped.
 
 A directory that is still changing is waited for quietly (one INFO line when
 it appears). One that fails 1-2 and has not changed for ``stalled_seconds``
@@ -41,119 +37,28 @@ Serving's ``latest`` policy does.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
-import re
 import threading
 import time
 import warnings
-from typing import Dict, Optional, Tuple
+import weakref
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 
+from clue_keras.serving.version_dirs import (SAVED_MODEL_FILE, Listing, dir_listing, incomplete_reason,
+                                              list_version_dirs)
+from clue_keras.serving.warmup import replay_warmup, signature_caller
 from clue_keras.tokenizer import register_text_ops
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_SECONDS = 1.0
 DEFAULT_STALLED_SECONDS = 10.0
-SAVED_MODEL_FILE = "saved_model.pb"
-FINGERPRINT_FILE = "fingerprint.pb"
-VARIABLES_INDEX = os.path.join("variables", "variables.index")
-
-_VERSION_DIR = re.compile(r"[0-9]{1,18}")
-_DATA_SHARD = re.compile(r"variables\.data-([0-9]{5})-of-([0-9]{5})")
-
-#: ``(relative path, size, mtime ns)`` of every file of a version directory, sorted.
-Listing = Tuple[Tuple[str, int, int], ...]
-
-
-def list_version_dirs(model_base_path: str) -> Dict[int, str]:
-    """Every version directory under ``model_base_path``, complete or not: ``{version: dir}``."""
-    real_base = os.path.realpath(model_base_path)
-    versions: Dict[int, str] = {}
-    try:
-        entries = list(os.scandir(model_base_path))
-    except FileNotFoundError:
-        return versions
-    for entry in entries:
-        if not _VERSION_DIR.fullmatch(entry.name):
-            continue
-        path = os.path.join(model_base_path, entry.name)
-        real = os.path.realpath(path)
-        if real == real_base or os.path.commonpath([real, real_base]) != real_base:
-            continue  # A symlink out of the base path: never loaded.
-        if not os.path.isdir(real):
-            continue
-        version = int(entry.name)
-        if version in versions and entry.name != str(version):
-            continue  # "7" and "007": keep the canonical name.
-        versions[version] = path
-    return versions
-
-
-def list_versions(model_base_path: str) -> Dict[int, str]:
-    """The version directories that hold a ``saved_model.pb``: ``{version: dir}``
-    (candidates for loading; see :func:`incomplete_reason` for the rest of the rule)."""
-    return {v: p for v, p in list_version_dirs(model_base_path).items()
-            if os.path.isfile(os.path.join(p, SAVED_MODEL_FILE))}
-
-
-def dir_listing(path: str) -> Listing:
-    """``(relative path, size, mtime ns)`` of every file under ``path`` (symlinks not followed)."""
-    out = []
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue  # Removed while we looked: the next listing differs anyway.
-            out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(out))
-
-
-def incomplete_reason(path: str, listing: Optional[Listing] = None) -> Optional[str]:
-    """Why the version directory ``path`` is not a complete SavedModel (rules 1-2 of
-    the module docstring), or None when it is."""
-    listing = dir_listing(path) if listing is None else listing
-    names = {name: size for name, size, _ in listing}
-    if not names.get(SAVED_MODEL_FILE):
-        return f"no {SAVED_MODEL_FILE} yet"
-    if VARIABLES_INDEX not in names:
-        return f"no {VARIABLES_INDEX} yet"
-    shards = [_DATA_SHARD.fullmatch(os.path.basename(n)) for n in names
-              if os.path.dirname(n) == "variables"]
-    counts = {int(m.group(2)) for m in shards if m}
-    if len(counts) != 1:
-        return "no variables data shard yet" if not counts else f"variables data shards of {sorted(counts)} sets"
-    total = counts.pop()
-    missing = [k for k in range(total)
-               if os.path.join("variables", f"variables.data-{k:05d}-of-{total:05d}") not in names]
-    if missing:
-        return f"variables data shard(s) {missing} of {total} missing"
-    if FINGERPRINT_FILE in names:
-        return _fingerprint_mismatch(path)
-    return None
-
-
-def _fingerprint_mismatch(path: str) -> Optional[str]:
-    """Rule 2: ``fingerprint.pb`` against the files as they are now."""
-    from tensorflow.core.protobuf import fingerprint_pb2
-    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
-
-    stored, fresh = fingerprint_pb2.FingerprintDef(), fingerprint_pb2.FingerprintDef()
-    try:
-        with open(os.path.join(path, FINGERPRINT_FILE), "rb") as f:
-            stored.ParseFromString(f.read())
-        fresh.ParseFromString(fingerprinting.CreateFingerprintDef(path))
-    except Exception as e:  # A half-written file fails to parse.
-        return f"cannot check {FINGERPRINT_FILE}: {type(e).__name__}: {str(e)[:200]}"
-    if stored.saved_model_checksum != fresh.saved_model_checksum:
-        return f"{SAVED_MODEL_FILE} does not match {FINGERPRINT_FILE} (incomplete, or rewritten after saving)"
-    if stored.checkpoint_hash != fresh.checkpoint_hash:
-        return f"{VARIABLES_INDEX} does not match {FINGERPRINT_FILE}"
-    return None
+RELEASE_CHECK_SECONDS = 2.0   # after a swap: when to check the old version has left memory
+MAX_RELEASE_CHECKS = 3
 
 
 @dataclasses.dataclass
@@ -177,10 +82,18 @@ class LoadedVersion:
     input_specs: Dict[str, Dict[str, object]]
     signature_defs: object  # tensorflow_serving.apis.get_model_metadata_pb2.SignatureDefMap
     load_seconds: float = 0.0
+    warmup_requests: int = 0
+    warmup_seconds: float = 0.0
 
 
-def load_version(version: int, path: str) -> LoadedVersion:
-    """Loads ``path`` (a SavedModel directory) as ``version``."""
+def load_version(version: int, path: str, warm_up: bool = True) -> LoadedVersion:
+    """Loads ``path`` (a SavedModel directory) as ``version``.
+
+    With ``warm_up``, then replays its ``assets.extra/tf_serving_warmup_requests``
+    (``clue_keras.serving.warmup``) as TF Serving does before serving a version,
+    so the first requests after a swap do not pay for each graph's first run
+    (seconds for a CLUE model); a failing warm-up fails the load.
+    """
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow_serving.apis import get_model_metadata_pb2
@@ -204,7 +117,12 @@ def load_version(version: int, path: str) -> LoadedVersion:
     for name, fn in signatures.items():
         _, kwargs = fn.structured_input_signature
         input_specs[name] = dict(kwargs)
-    return LoadedVersion(version, path, module, signatures, input_specs, signature_defs)
+    loaded = LoadedVersion(version, path, module, signatures, input_specs, signature_defs)
+    if warm_up:
+        start = time.monotonic()
+        loaded.warmup_requests = len(replay_warmup(path, signature_caller(module)))
+        loaded.warmup_seconds = time.monotonic() - start
+    return loaded
 
 
 @dataclasses.dataclass
@@ -249,6 +167,7 @@ class ModelManager:
         # version -> (ModelVersionStatus.State name, grpc.StatusCode, message)
         self._status: Dict[int, Tuple[str, grpc.StatusCode, str]] = {}
         self._seen: Dict[int, _Seen] = {}
+        self._retired: List[list] = []  # [version, weakref to its module, next check, checks]
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -274,6 +193,7 @@ class ModelManager:
         dirs = list_version_dirs(self.model_base_path)
         current = self.current()
         now = time.monotonic()
+        self._release_retired(now)
         for version in list(self._seen):
             if version not in dirs or (current is not None and version <= current.version
                                        and current.version in dirs):
@@ -345,11 +265,35 @@ class ModelManager:
             self._status[loaded.version] = ("AVAILABLE", grpc.StatusCode.OK, "")
             if previous is not None and previous.version != loaded.version:
                 self._status[previous.version] = ("END", grpc.StatusCode.OK, "")
+        if previous is not None:
+            self._retired.append([previous.version, weakref.ref(previous.module),
+                                  time.monotonic() + RELEASE_CHECK_SECONDS, 0])
         log.info(
-            "serving model %r version %d (loaded in %.1f s%s)",
-            self.model_name, loaded.version, loaded.load_seconds,
-            "" if previous is None else f"; replaced version {previous.version}",
+            "serving model %r version %d (loaded in %.1f s, of which %d warm-up requests %.1f s%s)",
+            self.model_name, loaded.version, loaded.load_seconds, loaded.warmup_requests,
+            loaded.warmup_seconds, "" if previous is None else f"; replaced version {previous.version}",
         )
+
+    def _release_retired(self, now: float) -> None:
+        """Makes sure a replaced version leaves memory: once its in-flight requests
+        are done, a full garbage collection frees it if reference cycles hold it.
+        At most ``MAX_RELEASE_CHECKS`` collections (~1 s each with a CLUE model
+        loaded) per replaced version; the outcome is logged."""
+        if not any(now >= r[2] for r in self._retired):
+            return
+        if any(r[1]() is not None for r in self._retired):
+            gc.collect()
+        for entry in list(self._retired):
+            version, ref, _, checks = entry
+            if ref() is None:
+                log.info("model %r version %d released from memory", self.model_name, version)
+            elif checks + 1 >= MAX_RELEASE_CHECKS:
+                log.warning("model %r version %d is still referenced after it was replaced; "
+                            "its memory is not freed", self.model_name, version)
+            else:
+                entry[2], entry[3] = now + RELEASE_CHECK_SECONDS, checks + 1
+                continue
+            self._retired.remove(entry)
 
     def start(self) -> None:
         """Loads the newest complete version now, then keeps polling in a thread.

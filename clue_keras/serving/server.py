@@ -30,15 +30,30 @@ input dtype or shape mismatch           ``INVALID_ARGUMENT`` (names input,
 empty batch, batch over ``max_batch``   ``INVALID_ARGUMENT`` (this server's
                                         own limits; TF Serving has none)
 request over ``max_request_bytes``      ``RESOURCE_EXHAUSTED`` (from gRPC)
+input declaring more elements than      ``INVALID_ARGUMENT`` (this server's
+``max_request_bytes``                   own limit)
+over ``max_concurrent_rpcs`` at once    ``RESOURCE_EXHAUSTED`` (from gRPC)
+deadline passed before the model ran    ``DEADLINE_EXCEEDED``
 error raised by the model graph         that error's own code
 =====================================  ======================================
 
-The server binds ``127.0.0.1`` unless told otherwise. It is for development
-and tests: there is no TLS, no authentication and no request batching.
+Limits (each a ``serve`` argument and a ``clue serve`` flag): request bytes,
+batch size, elements per input tensor (checked on the declared shape before
+decoding), worker threads, and concurrent RPCs (more get ``RESOURCE_EXHAUSTED``
+from gRPC instead of queueing without bound). A request whose deadline expired
+while it waited for a worker gets ``DEADLINE_EXCEEDED`` without running the model.
+
+TLS as TF Serving does it (``--ssl_config_file``): an ``SSLConfig`` text proto
+(``server_key``, ``server_cert``: PEM *contents*; ``custom_ca``: PEM of the CA
+that signs client certificates; ``client_verify``: require and verify a client
+certificate, i.e. mutual TLS). See :func:`load_ssl_config`. The server binds
+``127.0.0.1`` in plaintext unless told otherwise. It is for development and
+tests: no authentication beyond mutual TLS, no request batching.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -47,13 +62,92 @@ from typing import Optional
 
 import grpc
 
-from clue_keras.serving.model_manager import DEFAULT_POLL_SECONDS, ModelManager
+from clue_keras.serving.model_manager import DEFAULT_POLL_SECONDS, DEFAULT_STALLED_SECONDS, ModelManager
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # gRPC's own default receive limit.
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_THREADS = 8
+DEFAULT_MAX_CONCURRENT_RPCS = 256  # running + queued; more get RESOURCE_EXHAUSTED
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+# -- TLS (TF Serving's SSLConfig) ---------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def ssl_config_class():
+    """TF Serving's ``tensorflow.serving.SSLConfig`` message class.
+
+    From ``tensorflow_serving.config.ssl_config_pb2`` when installed (the
+    ``tensorflow-serving-api`` wheel does not ship it), else built from the
+    same four fields in a private descriptor pool.
+    """
+    try:
+        from tensorflow_serving.config import ssl_config_pb2
+        return ssl_config_pb2.SSLConfig
+    except ImportError:
+        pass
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/config/ssl_config.proto", package="tensorflow.serving", syntax="proto3")
+    m = f.message_type.add(name="SSLConfig")
+    T = descriptor_pb2.FieldDescriptorProto
+    for number, (name, kind) in enumerate(
+            [("server_key", T.TYPE_STRING), ("server_cert", T.TYPE_STRING),
+             ("custom_ca", T.TYPE_STRING), ("client_verify", T.TYPE_BOOL)], start=1):
+        m.field.add(name=name, number=number, type=kind, label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    descriptor = pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+
+
+def load_ssl_config(path: str):
+    """Parses a TF Serving ``--ssl_config_file`` (``SSLConfig`` text proto); ValueError if bad."""
+    from google.protobuf import text_format
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return text_format.Parse(text, ssl_config_class()())
+    except text_format.ParseError as e:
+        raise ValueError(f"{path}: not an SSLConfig text proto: {e}") from None
+
+
+def ssl_config_from_files(cert: str, key: str, client_ca: Optional[str] = None):
+    """An ``SSLConfig`` from PEM files; ``client_ca`` turns on ``client_verify`` (mutual TLS)."""
+    def read(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    config = ssl_config_class()(server_cert=read(cert), server_key=read(key))
+    if client_ca:
+        config.custom_ca, config.client_verify = read(client_ca), True
+    return config
+
+
+def server_credentials(ssl_config) -> grpc.ServerCredentials:
+    """gRPC server credentials from an ``SSLConfig``, as TF Serving builds them:
+    ``custom_ca`` is used only with ``client_verify`` (then a client must present a
+    certificate it signs)."""
+    key, cert = ssl_config.server_key.encode(), ssl_config.server_cert.encode()
+    if b"-----BEGIN" not in key or b"-----BEGIN" not in cert:
+        raise ValueError("SSLConfig needs server_key and server_cert as PEM contents (not file names)")
+    if ssl_config.client_verify and b"-----BEGIN" not in ssl_config.custom_ca.encode():
+        raise ValueError("SSLConfig client_verify needs custom_ca (PEM of the client CA)")
+    if ssl_config.custom_ca and not ssl_config.client_verify:
+        log.info("SSLConfig custom_ca is unused without client_verify (as in TF Serving)")
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=ssl_config.custom_ca.encode() if ssl_config.client_verify else None,
+        require_client_auth=bool(ssl_config.client_verify),
+    )
 
 
 class ServingServer:
@@ -99,6 +193,9 @@ def serve(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
     threads: int = DEFAULT_THREADS,
+    ssl_config=None,
+    max_concurrent_rpcs: Optional[int] = DEFAULT_MAX_CONCURRENT_RPCS,
+    stalled_seconds: float = DEFAULT_STALLED_SECONDS,
 ) -> ServingServer:
     """Starts serving ``model_base_path`` as ``model_name``; returns at once.
 
@@ -116,9 +213,16 @@ def serve(
       max_batch: largest dimension 0 accepted for each input whose signature
         leaves dimension 0 unknown; 0 means no limit.
       threads: size of the gRPC worker thread pool (concurrent requests).
+      ssl_config: an ``SSLConfig`` (:func:`load_ssl_config`,
+        :func:`ssl_config_from_files`) to serve TLS; None: plaintext.
+      max_concurrent_rpcs: RPCs running or queued at once; more are refused
+        with ``RESOURCE_EXHAUSTED`` (None: no limit).
+      stalled_seconds: an incomplete version directory unchanged this long is
+        reported once and skipped (``model_manager``'s completeness rule).
 
     Raises:
       FileNotFoundError: ``model_base_path`` is not a directory.
+      ValueError: a bad limit or ``ssl_config``.
       OSError: the address cannot be bound.
     """
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -127,25 +231,38 @@ def serve(
 
     if max_request_bytes <= 0:
         raise ValueError(f"max_request_bytes must be > 0, got {max_request_bytes}")
-    if max_batch < 0 or threads < 1:
-        raise ValueError(f"need max_batch >= 0 and threads >= 1, got {max_batch}, {threads}")
-    manager = ModelManager(model_name, model_base_path, poll_seconds)
+    if max_batch < 0 or threads < 1 or (max_concurrent_rpcs is not None and max_concurrent_rpcs < threads):
+        raise ValueError(f"need max_batch >= 0, threads >= 1 and max_concurrent_rpcs >= threads, "
+                         f"got {max_batch}, {threads}, {max_concurrent_rpcs}")
+    credentials = server_credentials(ssl_config) if ssl_config is not None else None
+    manager = ModelManager(model_name, model_base_path, poll_seconds, stalled_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clue-serve"),
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", -1),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, max_batch), server)
+        PredictionServicer(manager, max_batch, max_elements=max_request_bytes), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
-    bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+    address = f"{_bracket(host)}:{port}"
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError as e:  # grpc raises instead of returning 0 on some failures
+        raise OSError(f"cannot bind {address}: {e}") from None
     if not bound:
-        raise OSError(f"cannot bind {_bracket(host)}:{port}")
+        raise OSError(f"cannot bind {address}")
+    if credentials is None and host not in _LOOPBACK:
+        log.warning("serving plaintext on %s, reachable from other machines; use TLS "
+                    "(--ssl-config-file) or bind 127.0.0.1", host)
     manager.start()
     server.start()
-    log.info("serving model %r from %s on %s:%d", model_name, model_base_path, host, bound)
+    log.info("serving model %r from %s on %s:%d (%s)", model_name, model_base_path, host, bound,
+             "plaintext" if credentials is None
+             else "mutual TLS" if ssl_config.client_verify else "TLS")
     return ServingServer(server, manager, host, bound)
 
 

@@ -90,7 +90,14 @@ def _fill_model_spec(spec, name: str, version: int, signature_name: Optional[str
 
 
 def _rpc(method):
-    """Turns ``_Abort`` and TensorFlow errors raised by ``method`` into statuses."""
+    """Turns ``_Abort`` and TensorFlow errors raised by ``method`` into statuses.
+
+    ``context.abort`` is called *after* the ``except`` block: called inside it,
+    gRPC's abort exception (kept in a reference cycle of the RPC's state) would
+    chain ours, whose traceback holds the request's frames and so the model
+    version it used, keeping a replaced version in memory until a full garbage
+    collection.
+    """
 
     def wrapper(self, request, context):
         import tensorflow as tf
@@ -98,13 +105,13 @@ def _rpc(method):
         try:
             return method(self, request, context)
         except _Abort as e:
-            context.abort(e.code, e.message)
+            code, message = e.code, e.message
         except tf.errors.OpError as e:
-            code = _STATUS_BY_INT.get(e.error_code, grpc.StatusCode.UNKNOWN)
-            context.abort(code, e.message)
+            code, message = _STATUS_BY_INT.get(e.error_code, grpc.StatusCode.UNKNOWN), e.message
         except Exception as e:
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            code, message = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+        context.abort(code, message)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__

@@ -4,8 +4,12 @@
 turns user histories into the dense ``[B, P, S]`` string tensor of the
 ``serving_default`` signature (docs/ARCHITECTURE.md) and reports a per-user
 error for a user the model rejects (``INVALID_ARGUMENT``, found by bisecting
-the failing batch) while everybody else still gets an embedding. It needs
-``predict`` and ``input_shape`` from the class it is mixed into.
+the failing batch) while everybody else still gets an embedding. The layout
+(services in P order, S) comes from the model itself: its ``clue_metadata``
+signature (`clue_keras.serving.model_info`), listed by ``GetModelMetadata``
+and run once with an empty ``Predict``, on TF Serving and ``clue serve``
+alike. It needs ``predict``, ``metadata``, ``input_shape``, ``_call``,
+``_model_spec`` and ``_predict_stub`` from the class it is mixed into.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import grpc
 import numpy as np
 
 from clue_keras.serving.errors import RETRYABLE, ServingError
+from clue_keras.serving.model_info import METADATA_SIGNATURE, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -24,39 +29,78 @@ log = logging.getLogger(__name__)
 class UserEmbedding:
     """``embed_users`` and its helpers (a mixin of `CLUEClient`)."""
 
+    def model_info(self, refresh: bool = False) -> Optional[ModelInfo]:
+        """The model's self-description (its ``clue_metadata`` signature), cached;
+        None for a model without one (an older export, or not a CLUE model).
+
+        Raises ServingError if the server cannot be asked, ValueError if the
+        description is malformed or of a newer format.
+        """
+        cache = getattr(self, "_model_info_cache", None)
+        if cache is not None and not refresh:
+            return cache[0]
+        info = None
+        if METADATA_SIGNATURE in self.metadata(refresh).signature_def:
+            import tensorflow as tf
+            from tensorflow_serving.apis import predict_pb2
+
+            request = predict_pb2.PredictRequest()  # the signature takes no inputs
+            self._model_spec(request.model_spec, METADATA_SIGNATURE)
+            response = self._call(self._predict_stub.Predict, request)
+            outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+            info = ModelInfo.from_outputs(outputs, source=f"model {self.model_name!r} {METADATA_SIGNATURE}")
+        self._model_info_cache = (info,)
+        return info
+
     def resolve_layout(
         self, services: Optional[Sequence[str]], max_items: Optional[int], input_name: str = "item_texts"
     ) -> Tuple[List[str], int]:
         """Services (P, in model order) and S for ``embed_users``.
 
-        ``services`` must be given (the metadata carries only P); ``max_items``
-        defaults to the S of the signature's ``[B, P, S]`` input. Both are
-        checked against the metadata when it has them.
+        Both default to the model's own description (``model_info``). A model
+        without one (an export older than ``clue_metadata``) needs
+        ``services``; ``max_items`` then defaults to the S of the signature's
+        ``[B, P, S]`` input. What is given is checked against what the model
+        says. Error messages name the ``clue embed`` options.
         """
-        shape = None
+        shape, info = None, None
         try:
             shape = self.input_shape(input_name)
+            info = self.model_info()
         except ServingError as e:
-            if max_items is None:
+            if services is None or max_items is None:
                 raise
             log.warning("no model metadata (%s); using the given layout", e)
         if services is None:
-            raise ValueError(
-                "embed_users needs the model's service list in order "
-                "(clue_vocab.json['services']); pass services=[...]"
-            )
+            if info is None:
+                raise ValueError(
+                    f"model {self.model_name!r} does not describe its input layout (no "
+                    f"{METADATA_SIGNATURE!r} signature: exported by an older clue, or not a CLUE "
+                    "model); pass --vocab <the export's assets directory> or --services a,b,..."
+                )
+            services = info.services
         services = list(services)
+        if info is not None:
+            if services != info.services:
+                raise ValueError(f"--services {','.join(services)} differ from the model's services "
+                                 f"{','.join(info.services)} (in this order)")
+            if max_items is None:
+                max_items = info.max_items
+            elif max_items != info.max_items:
+                raise ValueError(f"--max-items {max_items} differs from the model's S={info.max_items}")
         if shape is not None:
             if len(shape) != 3:
                 raise ValueError(f"signature input {input_name!r} has shape {shape}, expected [B, P, S]")
             if shape[1] is not None and shape[1] != len(services):
-                raise ValueError(f"model expects P={shape[1]} services, got {len(services)}: {services}")
+                raise ValueError(f"model expects P={shape[1]} services, got {len(services)}: "
+                                 f"{','.join(services)} (--services / --vocab)")
             if max_items is None:
                 max_items = shape[2]
             elif shape[2] is not None and shape[2] != max_items:
-                raise ValueError(f"model expects S={shape[2]} items per service, got max_items={max_items}")
+                raise ValueError(f"model expects S={shape[2]} items per service, got {max_items} "
+                                 "(--max-items / --vocab)")
         if max_items is None or max_items < 1:
-            raise ValueError("max_items (S) is unknown: pass max_items=...")
+            raise ValueError("S, the items per service, is unknown: pass --max-items or --vocab")
         return services, int(max_items)
 
     @staticmethod
@@ -104,8 +148,9 @@ class UserEmbedding:
         Args:
           users: ``{"user_id": str, "items": {service: [text, ...]}}`` each,
             texts oldest first.
-          services: the model's services in order (``clue_vocab.json``).
-          max_items: S; default from the model metadata.
+          services: the model's services in order; default: what the model
+            says (``model_info``), needed for a model without ``clue_metadata``.
+          max_items: S; default from the model.
           batch_size: users per ``predict`` call (which may split further).
           input_name, output: signature input ``[B, P, S]`` string and output
             ``[B, E]`` float names.

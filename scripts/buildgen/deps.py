@@ -22,6 +22,9 @@ from buildgen.scan import LOCK_FILE, TESTS_DIR, GenBuildError, PyFile
 THIRD_PARTY: Dict[str, str] = {
     "absl": "absl-py",
     "apache_beam": "apache-beam",
+    "cryptography": "cryptography",
+    "dask": "dask",
+    "distributed": "distributed",
     "google.protobuf": "protobuf",
     "grpc": "grpcio",
     "keras": "keras",
