@@ -171,6 +171,12 @@ def test_ssl_config_file_parses_tf_serving_text_format(pki, tmp_path):
     with pytest.raises(ValueError, match="PEM"):
         serve("/x", "m", port=0, ssl_config=ssl_config_class()(
             server_key=pki["server.key"], server_cert=pki["server.pem"]))
+    # PEM markers around garbage, or a key that is not the certificate's: refused at start.
+    garbage = "-----BEGIN PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n"
+    for key in (garbage, _read(pki["client.key"]).decode()):
+        with pytest.raises(OSError, match="server_key/server_cert"):
+            serve(str(tmp_path), "m", port=0, ssl_config=ssl_config_class()(
+                server_key=key, server_cert=config.server_cert))
 
 
 def test_tls_server_and_plaintext_mismatch_fail_cleanly(pki, model_base):

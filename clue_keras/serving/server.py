@@ -252,9 +252,14 @@ def serve(
         bound = (server.add_secure_port(address, credentials) if credentials is not None
                  else server.add_insecure_port(address))
     except RuntimeError as e:  # grpc raises instead of returning 0 on some failures
-        raise OSError(f"cannot bind {address}: {e}") from None
+        bound, error = 0, str(e)
+    else:
+        error = ""
     if not bound:
-        raise OSError(f"cannot bind {address}")
+        hint = ("; or the SSLConfig's server_key/server_cert are not a valid PEM key and "
+                "certificate of one pair" if credentials is not None else "")
+        raise OSError(f"cannot bind {address} (in use or not an address of this machine{hint})"
+                      + (f": {error}" if error else ""))
     if credentials is None and host not in _LOOPBACK:
         log.warning("serving plaintext on %s, reachable from other machines; use TLS "
                     "(--ssl-config-file) or bind 127.0.0.1", host)
