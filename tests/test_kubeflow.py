@@ -59,7 +59,8 @@ def test_spec_parses_and_every_executor_runs_the_image_with_an_importable_class(
     tasks = job.pipeline_spec.fields["root"].struct_value.fields["dag"].struct_value \
         .fields["tasks"].struct_value.fields
     assert set(tasks) == {pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR,
-                          pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER}
+                          pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER,
+                          pl.TASK_EXAMPLE_GEN}
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
     assert len(executors) == len(tasks)
     for name, executor in executors.items():
