@@ -70,7 +70,8 @@ def synthetic_task(users: int = 6000, interactions: int = 100_000, items: int = 
     for u in range(users):
         t, n = int(user_topic[u]), int(counts[u])
         kind, draw = rng.random(n), rng.random(n)
-        in_topic = by_topic[t][np.minimum(np.searchsorted(topic_cdf[t], draw), len(by_topic[t]) - 1)]
+        pick = np.minimum(np.searchsorted(topic_cdf[t], draw), len(by_topic[t]) - 1)
+        in_topic = by_topic[t][pick]
         anywhere = np.minimum(np.searchsorted(global_cdf, draw), items - 1)
         seq = np.where(kind < p_series + (1 - p_series) * p_topic, in_topic, anywhere)
         for k in np.flatnonzero(kind[1:] < p_series) + 1:  # series: the topic's next item
@@ -157,7 +158,8 @@ def bench_evaluate(users: int = 6000, interactions: int = 100_000, items: int = 
         end, cpu1 = time.perf_counter(), time.process_time()
     trained = table.columns[1:]
     marks = stamps + [end]
-    seconds = {table.columns[0] + " (and task preparation)": stamps[0] - start if stamps else end - start}
+    first = stamps[0] if stamps else end
+    seconds = {table.columns[0] + " (and task preparation)": first - start}
     seconds.update({c: marks[k + 1] - marks[k] for k, c in enumerate(trained)})
     training = table.info.get("training", {})
     return {

@@ -12,7 +12,10 @@ and scores, on the same test positives and the same ``uni100`` negatives:
   simply a feature set computed with a randomly initialised encoder);
 * ``T-UBM (BST)``: the sequence model on the task's own histories;
 * ``Hybrid (BST + <name>)``: T-UBM plus that feature set's user vector (by
-  default ``CLUE``, when given).
+  default ``CLUE``, when given), as a zero-initialised residual on the T-UBM's
+  user vector; it starts as exactly the T-UBM and is reported only when it
+  beats it on the validation users, otherwise the column is the T-UBM
+  (``info["hybrid"]`` says which; see :func:`_select_hybrid`).
 
 Users (items) without a feature vector are cold-start: they get a zero vector
 and are counted in ``ResultsTable.info``. The table has models as columns and
@@ -174,7 +177,8 @@ def evaluate_task(
     features = protocol.feature_matrices(task, feature_sets)
     results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        results[run.column] = result = fit_and_score(run, task, features.user_row, epochs, cfg, seed)
+        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed)
+        results[run.column] = result
         ranked[run.column], training[run.column] = result.ranked, result.history
         epochs_used[run.column], best_epoch[run.column] = result.epochs, result.best_epoch
         seconds[run.column] = result.seconds

@@ -284,7 +284,7 @@ def rank_test_positives(
     top_k: int,
     chunk: int = 512,
 ) -> RankedTest:
-    """Metrics and per-positive rank counts from query vectors [N, D] and candidate vectors [C + 1, D].
+    """Metrics and per-positive rank counts from queries [N, D] and candidates [C + 1, D].
 
     Every positive is scored with its own ``eval_negatives`` row in one
     product per chunk of positives (all 1 + K candidates at once).
