@@ -1,7 +1,7 @@
 """`clue prepare`: behaviour logs -> vocab + per-user TFRecords, in this process.
 
 Runs the pipeline's BehaviorPreprocess Beam graph on the in-memory DirectRunner
-(`clue_keras.data.prepare.prepare_local`). S, L and the vocabulary size come
+(`clue_keras.data.prepare.prepare_local`), or on the engine ``--beam-arg`` names. S, L and the vocabulary size come
 from ``--preset`` unless given; the other defaults are `PipelineConfig`'s.
 """
 
@@ -33,7 +33,7 @@ def _run(args) -> int:
                           min_items=args.min_items, min_services=args.min_services,
                           eval_percent=args.eval_percent, test_percent=args.test_percent,
                           shards=args.shards, bpe_sample_size=args.bpe_sample_size,
-                          max_text_bytes=args.max_text_bytes)
+                          max_text_bytes=args.max_text_bytes, beam_args=args.beam_arg)
     print(json.dumps(stats, indent=2, sort_keys=True))
     return 0
 
@@ -65,4 +65,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-text-bytes", type=non_negative_int, default=_D["max_text_bytes"],
                    help="cut item texts to this many UTF-8 bytes (0: no cap)")
     p.add_argument("--shards", type=positive_int, default=2, help="files per split")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="OPTION",
+                   help="Beam pipeline option (repeatable; default: the in-memory DirectRunner), "
+                        "e.g. --beam-arg=--runner=clue_keras.data.dask_runner.DaskRunner "
+                        "--beam-arg=--dask_client_address=tcp://HOST:8786")
     p.set_defaults(func=_run)

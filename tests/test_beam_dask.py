@@ -23,6 +23,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import clue_synth
+from clue_cli.main import main as clue_main
 from clue_keras.config import get_preset
 from clue_keras.data import engines
 from clue_keras.data import preprocess as pp
@@ -170,10 +171,17 @@ def dask_and_direct(tmp_path_factory):
                      lambda p: pp.build_pipeline(p, pattern, dask_out, params))
             seconds = time.time() - started
             task_workers = {t["worker"] for t in stream.data}
+            # `clue prepare` as a user runs it on the cluster: --beam-arg options.
+            cli_argv = ["prepare", "--behaviors", data, "--preset", "tiny", "--min-items", "3",
+                        "--min-services", "2", "--eval-percent", "20", "--test-percent", "20"]
+            dask_args = [f"--beam-arg={a}" for a in engines.dask_beam_args(
+                cluster.scheduler_address, timeout_s=60)]
+            assert clue_main(cli_argv + ["--out", str(root / "cli_dask")] + dask_args) == 0
     finally:
         cluster.close(timeout=60)
+    assert clue_main(cli_argv + ["--out", str(root / "cli_direct")]) == 0
     return direct, dask_out, {"worker_pids": worker_pids, "task_workers": task_workers,
-                              "seconds": seconds}
+                              "seconds": seconds, "cli": (root / "cli_direct", root / "cli_dask")}
 
 
 @pytest.mark.slow
@@ -197,6 +205,18 @@ def test_dask_stats_and_vocabulary_equal_the_direct_runners(dask_and_direct):
             expected = f.read()
         with open(os.path.join(dask_out, pp.VOCAB_DIRNAME, name), "rb") as f:
             assert f.read() == expected, name
+
+
+@pytest.mark.slow
+def test_clue_prepare_with_dask_beam_args_equals_the_direct_run(dask_and_direct):
+    direct, on_dask = dask_and_direct[2]["cli"]
+    with open(direct / pp.STATS_FILENAME) as f:
+        expected = json.load(f)
+    with open(on_dask / pp.STATS_FILENAME) as f:
+        assert json.load(f) == expected
+    assert expected["users_train"] > 0
+    services = load_vocab_info(str(direct / pp.VOCAB_DIRNAME)).services
+    assert _records(str(direct), services) == _records(str(on_dask), services)
 
 
 @pytest.mark.slow

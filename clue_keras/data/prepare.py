@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS
@@ -144,7 +144,8 @@ def no_train_users_message(stats: Dict[str, Any], min_items: int, min_services: 
 def prepare_local(behaviors, out_dir: str, max_items: int, max_tokens: int, vocab_size: int,
                   min_items: int = 2, eval_percent: int = 10, test_percent: int = 10,
                   shards: int = 2, min_services: int = 1, bpe_sample_size: int = 200_000,
-                  max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Dict[str, Any]:
+                  max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+                  beam_args: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Preprocesses behaviour logs into per-user records, in this process.
 
     The parameters are BehaviorPreprocess's (``min_items`` is its
@@ -169,6 +170,9 @@ def prepare_local(behaviors, out_dir: str, max_items: int, max_tokens: int, voca
       bpe_sample_size: at most this many train item texts train the BPE.
       max_text_bytes: item texts are cut to this many UTF-8 bytes (0: no cap);
         recorded in the vocabulary's ``clue_vocab.json``.
+      beam_args: Beam pipeline options for the graph (default: the in-memory
+        DirectRunner); e.g. `clue_keras.data.engines.dask_beam_args` runs it on a
+        dask.distributed cluster, whose workers must reach ``out_dir``.
 
     Returns:
       ``stats.json`` (keys: `clue_keras.data.values.STATS_DOC`, per split
@@ -200,7 +204,8 @@ def prepare_local(behaviors, out_dir: str, max_items: int, max_tokens: int, voca
               "max_text_bytes": max_text_bytes}
     try:
         write_raw_examples(rows, os.path.join(raw_dir, "behaviors.tfrecord.gz"))
-        with beam.Pipeline(options=PipelineOptions(list(IN_PROCESS_OPTIONS))) as p:
+        options = list(beam_args) if beam_args else list(IN_PROCESS_OPTIONS)
+        with beam.Pipeline(options=PipelineOptions(options)) as p:
             build_pipeline(p, os.path.join(raw_dir, "*"), out_dir, params)
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)
