@@ -48,7 +48,8 @@ def _run(args) -> int:
         manifest = export_embeddings(
             args.model, args.data, args.out, dtype=args.dtype, num_shards=args.shards,
             batch_size=args.batch_size, beam_args=args.beam_arg, overwrite=args.overwrite,
-            lookup_model_dir=args.lookup_model)
+            lookup_model_dir=args.lookup_model,
+            progress=sys.stdout)  # users embedded: a bar on a terminal, else lines
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"clue export-embeddings: {e}", file=sys.stderr)
         return 2

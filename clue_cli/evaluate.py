@@ -11,6 +11,7 @@ the task's `clue synth` data directory (two levels above ``--task``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from tfx_pipeline.config import PipelineConfig
 
@@ -59,7 +60,8 @@ def _run(args) -> int:
                                  epochs=args.epochs, seed=args.seed,
                                  margin_over_toppop=args.margin_over_toppop,
                                  margin_over_untrained=args.margin_over_untrained,
-                                 sequence_models=not args.no_sequence_models)
+                                 sequence_models=not args.no_sequence_models,
+                                 progress=sys.stdout)  # a bar per model, or lines
     print(outcome.table.to_markdown())
     print()
     print(outcome.reason)

@@ -17,8 +17,9 @@ window, and at every held-out evaluation and the last step::
   (which traces the graph), held-out evaluations included; ``?`` after one step.
 
 On a terminal (``bar=True``) a tqdm bar moves with every step and the lines
-print above it. TensorBoard (``log_dir``) gets ``loss``, ``eval_loss``,
-``logit_scale``, ``tokens_per_s``, ``padding_share`` and ``learning_rate``.
+print above it (`clue_keras.progress_bar.ProgressBar`). TensorBoard
+(``log_dir``) gets ``loss``, ``eval_loss``, ``logit_scale``, ``tokens_per_s``,
+``padding_share`` and ``learning_rate``.
 """
 
 from __future__ import annotations
@@ -31,15 +32,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clue_keras.progress_bar import ProgressBar, format_duration
 
-def format_duration(seconds: float) -> str:
-    """``4s``, ``3m05s``, ``2h07m``."""
-    s = int(round(max(seconds, 0.0)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+__all__ = ["Progress", "report_items", "format_duration"]
 
 
 def _scalar(value) -> float:
@@ -92,11 +87,9 @@ class Progress(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.log_dir:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        if self.use_bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, initial=self.start, unit="step",
-                             file=sys.stdout, dynamic_ncols=True, leave=False)
+        self._bar = ProgressBar(self.total, unit="step", stream=sys.stdout, bar=self.use_bar,
+                                initial=self.start, printer=self.printer, line_every=0,
+                                leave=False)
         self.model.reset_metrics()
         self._new_window()
 
@@ -147,8 +140,7 @@ class Progress(keras.callbacks.Callback):
                 f"padding {rec['padding_share']:.0%}  ETA "
                 + ("?" if eta is None else format_duration(eta)))
         if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {rec['loss']:.4f}{held}", refresh=False)
-            self._bar.write(line, file=sys.stdout)
+            self._bar.write(line, postfix=f"loss {rec['loss']:.4f}{held}")
         else:
             self.printer(line)
         if self._writer is not None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, TextIO, Tuple
 
 import pandas as pd
 
@@ -135,6 +135,7 @@ def evaluate_task(
     num_negatives: int = 100,
     config: Optional[EvalConfig] = None,
     task_name: str = "task",
+    progress: Optional[TextIO] = None,
 ) -> ResultsTable:
     """Trains and scores every downstream model on one task.
 
@@ -150,6 +151,8 @@ def evaluate_task(
       num_negatives: K sampled negatives per test positive (paper: 100).
       config: the rest of the settings (:class:`EvalConfig`).
       task_name: recorded in ``info``.
+      progress: stream for every model's fitting progress (a bar on a
+        terminal, a line per epoch elsewhere; :mod:`clue_tfrs.fitting`); None: none.
 
     Returns:
       :class:`ResultsTable` with columns TopPop, ``U-MLP (<name>)`` per
@@ -177,7 +180,7 @@ def evaluate_task(
     features = protocol.feature_matrices(task, feature_sets)
     results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed)
+        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed, progress)
         results[run.column] = result
         ranked[run.column], training[run.column] = result.ranked, result.history
         epochs_used[run.column], best_epoch[run.column] = result.epochs, result.best_epoch

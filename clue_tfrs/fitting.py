@@ -26,6 +26,12 @@ does not change, only the work). The training step is traced once per model
 are embedded eagerly in a few large batches (no second traced function), and
 every test positive is scored against its 1 + 100 candidates in one product
 (:func:`clue_tfrs.protocol.rank_test_positives`).
+
+Progress (``progress=`` a stream, off by default): one
+`clue_keras.progress_bar.ProgressBar` per model, epochs as units, the epoch's
+train and validation loss as its postfix: a bar on a terminal, else a line per
+epoch (``U-MLP (CLUE): epoch 2/10  loss 0.4123  val_loss 0.4310 (best)``), a
+line when early stopping ends the fit and a last line with the kept epoch.
 """
 
 from __future__ import annotations
@@ -33,19 +39,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, TextIO
 
 import numpy as np
 
 import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
+from clue_keras.progress_bar import ProgressBar
 from clue_tfrs import models as models_lib
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
-           "validation_loss"]
+           "validation_loss", "epoch_postfix"]
 
 
 class ModelInputs:
@@ -235,11 +242,12 @@ def fit(
     seed: int,
     learning_rate: Optional[float] = None,
     negatives: Optional[int] = None,
+    progress: Optional[ProgressBar] = None,
 ) -> Dict[str, object]:
     """Fits ``model`` with early stopping on the validation loss, at most ``epochs`` epochs.
 
     The validation positives get their negatives once (``seed + 1``), the same
-    every epoch. Returns {"loss": per-epoch mean train BCE, "auc": train AUC,
+    every epoch. ``progress`` advances one unit per epoch (`epoch_postfix`). Returns {"loss": per-epoch mean train BCE, "auc": train AUC,
     "val_loss": per-epoch validation BCE (empty without val users),
     "best_epoch": the epoch whose weights the model now holds}.
     """
@@ -261,19 +269,35 @@ def fit(
         history["auc"].append(float(logs["auc"][-1]))
         if val_items is None:
             best_epoch = epoch
+            if progress is not None:
+                progress.update(1, epoch_postfix(history["loss"][-1]))
             continue
         val_loss = validation_loss(model, val_inputs, task.val, val_items, task.num_items)
         history["val_loss"].append(val_loss)
-        if val_loss < best - cfg.min_delta:
+        improved = val_loss < best - cfg.min_delta
+        if progress is not None:
+            progress.update(1, epoch_postfix(history["loss"][-1], val_loss, improved))
+        if improved:
             best, best_epoch, waited = val_loss, epoch, 0
             best_weights = model.get_weights() if epoch < epochs else None
         else:
             waited += 1
             if waited >= cfg.patience:
+                if progress is not None and epoch < epochs:
+                    progress.write(f"{progress.desc}: early stop after epoch {epoch}/{epochs}: "
+                                   f"val_loss not below {best:.4f} for {waited} epochs")
                 break
     if best_weights is not None and best_epoch < len(history["loss"]):
         model.set_weights(best_weights)
     return {**history, "best_epoch": best_epoch}
+
+
+def epoch_postfix(loss: float, val_loss: Optional[float] = None, best: bool = False) -> str:
+    """``loss 0.4123  val_loss 0.4310 (best)``: what a fit's progress shows per epoch."""
+    text = f"loss {loss:.4f}"
+    if val_loss is not None:
+        text += f"  val_loss {val_loss:.4f}" + (" (best)" if best else "")
+    return text
 
 
 def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
@@ -300,11 +324,12 @@ def _embed_candidates(model: models_lib.DownstreamModel, inputs: ModelInputs, n:
 
 
 def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int], epochs: int,
-                  cfg: EvalConfig, seed: int) -> FitResult:
+                  cfg: EvalConfig, seed: int, progress: Optional[TextIO] = None) -> FitResult:
     """Builds, trains (early stopping, at most ``epochs``) and scores one model.
 
     ``seed`` drives the training negatives (the same for every model);
-    ``run.init_seed`` the weight initialisation and dropout.
+    ``run.init_seed`` the weight initialisation and dropout. ``progress``: the
+    stream the fit's progress goes to (None: none; see the module docstring).
     """
     start = time.perf_counter()
     tf.keras.utils.set_random_seed(run.init_seed)
@@ -315,13 +340,24 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
                            use_sequence=run.use_sequence)
 
     train_in, val_in, test_in = inputs(task.train), inputs(task.val), inputs(task.test)
-    history = fit(model, train_in, val_in, task, epochs, cfg, seed,
-                  learning_rate=run.learning_rate, negatives=run.negatives)
+    bar = (ProgressBar(epochs, desc=run.column, unit="epoch", stream=progress)
+           if progress is not None else None)
+    try:
+        history = fit(model, train_in, val_in, task, epochs, cfg, seed,
+                      learning_rate=run.learning_rate, negatives=run.negatives, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     best_epoch = int(history.pop("best_epoch"))
     queries = _embed_queries(model, test_in, len(task.test))
     candidates = _embed_candidates(model, test_in, task.num_items + 1)
     ranked = rank_test_positives(queries, candidates, task.test, task.eval_negatives, cfg.top_k)
     val = history["val_loss"]
+    if progress is not None:
+        kept = f" (val_loss {val[best_epoch - 1]:.4f})" if val else ""
+        print(f"{run.column}: kept epoch {best_epoch} of {len(history['loss'])}{kept}; "
+              f"test MRR {ranked.metrics.get('MRR', float('nan')):.4f}", file=progress,
+              flush=True)
     return FitResult(ranked=ranked, history=history, epochs=len(history["loss"]),
                      best_epoch=best_epoch, seconds=time.perf_counter() - start,
                      best_val_loss=val[best_epoch - 1] if val else None)

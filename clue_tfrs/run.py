@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import tempfile
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, TextIO, Union
 
 import clue_tfrs  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -99,7 +99,8 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
                    task_examples: Optional[Sequence[str]] = None,
                    catalogue_examples: Optional[Sequence[str]] = None,
                    task_name: Optional[str] = None, min_items: int = 2,
-                   min_services: int = 1) -> EvaluationOutcome:
+                   min_services: int = 1, progress: Optional[TextIO] = None
+                   ) -> EvaluationOutcome:
     """Evaluates the CLUE SavedModel at ``model_dir`` on one downstream task.
 
     The task: ``task``, a file or directory (`clue_tfrs.tasks.load_task`), or
@@ -116,6 +117,7 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
     embeds the same records. Task users without a record are cold-start.
 
     With ``out_dir``, results.json / results.md / results.png are written there.
+    ``progress``: stream for the downstream models' fitting progress (None: none).
     """
     name = task_name or (task_label(task) if task else "task")
     interactions, catalogue = _load_task(task, task_examples, catalogue_examples, name)
@@ -135,6 +137,6 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
     if not sequence_models:
         cfg = dataclasses.replace(cfg, run_sequence_models=False)
     table = evaluate_task(interactions, catalogue, sets, seed=seed, epochs=epochs,
-                          config=cfg, task_name=name)
+                          config=cfg, task_name=name, progress=progress)
     paths = write_results(table, out_dir) if out_dir else {}
     return EvaluationOutcome(table=table, paths=paths)

@@ -227,6 +227,14 @@ def _check_agree(evaluation, blessing, verdict, table):
         assert 0.0 < table["values"][column]["MRR"] <= 1.0
     for name in ("results.md", "results.png"):
         assert os.path.getsize(os.path.join(evaluation.uri, name)) > 0
+    # The same table and verdict through TFMA's own loaders (tests/test_tfma_output.py).
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_eval_result(evaluation.uri)
+    for column in table["columns"]:
+        assert result.get_metrics_for_slice((("model", column),))["MRR"]["doubleValue"] == (
+            pytest.approx(table["values"][column]["MRR"]))
+    assert tfma.load_validation_result(evaluation.uri).validation_ok is blessed
 
 
 @pytest.mark.slow

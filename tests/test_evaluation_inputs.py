@@ -190,7 +190,11 @@ def test_clue_evaluate_from_records_and_from_raw_logs_gives_one_table(tiny, caps
         assert cli.main(["evaluate", "--model", export, "--task", str(single), *users,
                          "--epochs", "1", "--no-sequence-models", "--out", str(out),
                          "--margin-over-toppop=-1", "--margin-over-untrained=-1"]) == 0
-        assert "| MRR |" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "| MRR |" in printed
+        # Fitting progress, as plain lines (no terminal here): every trained model's epoch.
+        for column in ("U-MLP (CLUE)", "U-MLP (Untrained)"):
+            assert f"{column}: epoch 1/1  loss " in printed
         with open(out / "results.json") as f:
             tables[name] = json.load(f)
     a, b = tables["records"], tables["data"]

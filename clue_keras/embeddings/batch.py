@@ -22,6 +22,10 @@
 4. store each vector as float32, float16 or int8 (``table.quantize``) and write
    ``embeddings-SSSSS-of-NNNNN.parquet`` shards.
 
+With ``progress=`` a stream (`clue export-embeddings` passes standard output),
+the users embedded so far show as a bar on a terminal or as plain lines
+elsewhere, counted from the workers (`clue_keras.embeddings.progress`).
+
 The output directory is built under ``<parent>/.tmp-embeddings-*`` and
 renamed into place at the end (``clue_keras.atomic.atomic_dir``), so a reader
 never sees a partial export and a failed run leaves no output directory. Its
@@ -30,10 +34,12 @@ format (shards, manifest, storage dtypes) is :mod:`clue_keras.embeddings.table`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 import time
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
@@ -46,6 +52,8 @@ from clue_keras.embeddings.user_rows import read_model_layout, user_text_row
 SIGNATURE = "serving_default"
 INPUT_NAME = "item_texts"
 OUTPUT_NAME = "embedding"
+#: Without a terminal, a progress line every this many users embedded (and one at the end).
+PROGRESS_LINE_EVERY = 10_000
 #: Beam options when the caller gives none: the DirectRunner over all cores.
 DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
     "--direct_running_mode=multi_processing",
@@ -90,18 +98,28 @@ def _make_embed_dofn():
         """
 
         def __init__(self, model_dir: str, signature: str = SIGNATURE,
-                     input_name: str = INPUT_NAME, output: str = OUTPUT_NAME):
+                     input_name: str = INPUT_NAME, output: str = OUTPUT_NAME,
+                     progress_path: Optional[str] = None):
             self._model_dir = model_dir
             self._signature = signature
             self._input_name = input_name
             self._output = output
+            self._progress_path = progress_path
             self._shared = shared.Shared()
             self._model = None
+            self._progress = None
 
         def setup(self):
+            from clue_keras.embeddings.progress import ProgressFile
+
             key = f"{self._model_dir}|{self._signature}"
             self._model = self._shared.acquire(
                 lambda: _LoadedModel(self._model_dir, self._signature), tag=key)
+            self._progress = ProgressFile(self._progress_path)
+
+        def teardown(self):
+            if self._progress is not None:
+                self._progress.close()
 
         def process(self, batch):
             import tensorflow as tf
@@ -113,6 +131,8 @@ def _make_embed_dofn():
             if vectors.ndim != 2 or vectors.shape[0] != len(ids):
                 raise ValueError(f"{self._model_dir}: output {self._output!r} has shape "
                                  f"{vectors.shape}, expected [{len(ids)}, E]")
+            if self._progress is not None:
+                self._progress.record(len(ids))
             for uid, vector in zip(ids, vectors):
                 yield uid, vector
 
@@ -128,9 +148,12 @@ def _to_record(item: Tuple[str, np.ndarray], dtype: str) -> dict:
 
 def build_pipeline(p, files: Sequence[str], model_dir: str, services: Sequence[str],
                    max_items: int, file_prefix: str, dtype: str = "float32",
-                   num_shards: int = 0, batch_size: int = 256):
+                   num_shards: int = 0, batch_size: int = 256,
+                   progress_path: Optional[str] = None):
     """Adds the export graph to Beam pipeline ``p``; see the module docstring.
 
+    ``progress_path``: the file the embedding workers count users into
+    (`clue_keras.embeddings.progress.ProgressFile`; None: no counting).
     Returns the PCollection of written shard file names.
     """
     import apache_beam as beam
@@ -146,11 +169,28 @@ def build_pipeline(p, files: Sequence[str], model_dir: str, services: Sequence[s
                  lambda uid, rows: (uid, user_text_row(rows, services, max_items))))
     return (users
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
-            | "Embed" >> beam.ParDo(embed(model_dir))
+            | "Embed" >> beam.ParDo(embed(model_dir, progress_path=progress_path))
             | "Store" >> beam.Map(_to_record, dtype=dtype)
             | "Write" >> beam.io.WriteToParquet(
                 file_prefix, parquet_schema(), num_shards=num_shards,
                 file_name_suffix=SHARD_SUFFIX, codec="snappy"))
+
+
+@contextlib.contextmanager
+def _progress(stream: Optional[TextIO]) -> Iterator[Optional[str]]:
+    """The workers' count file while a `ProgressBar` on ``stream`` follows it (None: none)."""
+    if stream is None:
+        yield None
+        return
+    from clue_keras.embeddings.progress import watch
+    from clue_keras.progress_bar import ProgressBar
+
+    with tempfile.TemporaryDirectory(prefix="clue-export-progress-") as d:
+        path = os.path.join(d, "users-embedded")
+        bar = ProgressBar(None, desc="embedding", unit="users", stream=stream,
+                          line_every=PROGRESS_LINE_EVERY)
+        with watch(path, bar):
+            yield path
 
 
 def export_embeddings(
@@ -163,6 +203,7 @@ def export_embeddings(
     beam_args: Optional[Sequence[str]] = None,
     overwrite: bool = False,
     lookup_model_dir: Optional[str] = None,
+    progress: Optional[TextIO] = None,
 ) -> dict:
     """Embeds every user of ``data_dir`` with ``model_dir``; writes ``out_dir``.
 
@@ -180,6 +221,8 @@ def export_embeddings(
       overwrite: replace an existing ``out_dir`` (swapped in only after success).
       lookup_model_dir: also build the id-lookup SavedModel there
         (``clue_keras.embeddings.lookup_model.build_lookup_model``).
+      progress: stream for the users-embedded progress (a bar on a terminal,
+        else a line every `PROGRESS_LINE_EVERY` users and at the end); None: none.
 
     Returns:
       The manifest, also ``out_dir/manifest.json`` (written last): see
@@ -207,12 +250,14 @@ def export_embeddings(
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"output directory {out_dir} is not empty (pass overwrite=True / --overwrite)")
     start = time.monotonic()
-    with atomic_dir(out_dir, prefix=".tmp-embeddings-", overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, prefix=".tmp-embeddings-", overwrite=overwrite) as tmp, \
+            _progress(progress) as progress_path:
         options = PipelineOptions(list(DEFAULT_BEAM_ARGS if beam_args is None else beam_args))
         with beam.Pipeline(options=options) as p:
             build_pipeline(p, files, model_dir, services, max_items,
                            os.path.join(tmp, SHARD_PREFIX), dtype=dtype,
-                           num_shards=num_shards, batch_size=batch_size)
+                           num_shards=num_shards, batch_size=batch_size,
+                           progress_path=progress_path)
         shards, count, dim_bytes = shard_summary(tmp)
         leftovers = [n for n in os.listdir(tmp) if n not in {s["file"] for s in shards}]
         for name in leftovers:  # Beam's own temp dirs, if the runner left any.

@@ -27,6 +27,9 @@ Outputs:
 <evaluation.uri>/results.md     the table as Markdown (paper Table 3)
 <evaluation.uri>/results.png    grouped bar chart
 <evaluation.uri>/blessing.json  {"blessed": bool, "reason": str}
+<evaluation.uri>/eval_config.json, metrics-*.tfrecord, validations-*.tfrecord
+                                the same table and verdict in TFMA's format, for
+                                tfma.load_eval_result (`tfma_output`)
 <blessing.uri>/BLESSED | NOT_BLESSED   empty marker file (TFX convention)
 ```
 Custom properties: on ``blessing``: ``blessed`` (1 / 0), ``blessing_message``,
@@ -282,6 +285,12 @@ class Executor(base_executor.BaseExecutor):
         table = read_results(evaluation.uri)
         blessed, reason = blessing_decision(table, **gate)
         write_verdict(evaluation.uri, blessed, reason)
+        # TFMA's files (imported here: importing TFMA resolves tf.keras, which
+        # `tf_keras_is_keras2` must decide first).
+        from components.clue_evaluator.tfma_output import write_tfma_output
+
+        write_tfma_output(evaluation.uri, table, blessed, reason, model_location=model_dir,
+                          data_location=input_dict["task"][0].uri)
         for column, mrr in mrr_by_model(table).items():
             evaluation.set_float_custom_property(MRR_PROPERTY_PREFIX + column, mrr)
         evaluation.set_int_custom_property("blessed", int(blessed))
