@@ -95,6 +95,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="skip T-UBM (BST) and Hybrid in the evaluation (faster)")
     e.add_argument("--no-evaluate", action="store_true",
                    help="train only: no Evaluator, hence no Pusher")
+    e.add_argument("--no-lookup", action="store_true",
+                   help="no EmbeddingExport / LookupPusher: do not build and push the user-id "
+                        "-> embedding lookup model beside the encoder")
+    e.add_argument("--lookup-serving-dir",
+                   help="LookupPusher destination (default: the serving directory + "
+                        "'_user_lookup')")
 
 
 def add_parser(sub) -> None:
@@ -102,7 +108,8 @@ def add_parser(sub) -> None:
         "run", help="run the TFX pipeline locally (LocalDagRunner, SQLite MLMD)",
         description="Runs ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> "
                     "BehaviorPreprocess -> Trainer, and TaskExampleGen (the downstream task "
-                    "as data) -> Evaluator -> Pusher, and prints a "
+                    "as data) -> Evaluator -> Pusher, EmbeddingExport -> LookupPusher (the "
+                    "user-id lookup model), and prints a "
                     "summary read back from MLMD: the downstream results table, whether the "
                     "model was blessed and why, where it was pushed and how to serve it. "
                     "A repeated identical run reuses cached outputs.")
@@ -161,6 +168,7 @@ def _common_fields(args) -> dict:
         beam_pipeline_args=tuple(args.beam_arg) if args.beam_arg else _D["beam_pipeline_args"],
         enable_cache=not args.no_cache,
         evaluate=not args.no_evaluate, eval_task_path=args.task,
+        export_lookup=not args.no_lookup, lookup_serving_dir=args.lookup_serving_dir,
         eval_epochs=args.eval_epochs, eval_seed=args.eval_seed,
         margin_over_toppop=args.margin_over_toppop,
         margin_over_untrained=args.margin_over_untrained,
@@ -203,7 +211,7 @@ def _run_locked(args, root: str) -> int:
     schema_file = os.path.join(root, "schema", "schema.pbtxt")
     # The schema kept by the first run is used when asked for (--schema): switching
     # SchemaGen to ImportSchemaGen by itself would re-run every later component once.
-    for key in ("eval_task_path", "schema_path"):
+    for key in ("eval_task_path", "schema_path", "lookup_serving_dir"):
         if fields[key]:
             fields[key] = os.path.abspath(fields[key])
     config = PipelineConfig(

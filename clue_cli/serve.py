@@ -3,6 +3,8 @@
 * ``clue serve --model-base-path DIR --model-name NAME [--port 8500]
   [--ssl-config-file FILE | --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]``:
   the local TF Serving-compatible gRPC server (``clue_keras.serving.server``).
+  Several models from one server: repeat ``--model-base-path``/``--model-name``
+  (one pair per model), or give TF Serving's ``--model-config-file models.config``.
 * ``clue embed --server HOST:PORT --model NAME --input users.jsonl --out
   embeddings.parquet [--tls-ca PEM [--tls-cert PEM --tls-key PEM]]``: user
   embeddings from any TF Serving-compatible server into Parquet (``user_id``,
@@ -10,9 +12,10 @@
   (``--vocab``/``--services`` only for older exports); bad input lines and
   users the model rejects go to ``<out stem>.errors.jsonl`` with their line
   numbers (``--strict``: stop at the first bad line).
-* ``clue serving-config --model-name NAME --base-path /models/NAME --out
-  models.config``: a TF Serving ``models.config`` for the tensorflow/serving
-  image.
+* ``clue serving-config --model-name NAME --base-path /models/NAME [--model-name
+  NAME2 --base-path /models/NAME2 ...] --out models.config``: a TF Serving
+  ``models.config`` for the tensorflow/serving image (or ``clue serve``), e.g. the
+  encoder ``clue`` and the user-id lookup model ``clue_user_lookup``.
 
 Exit codes: 0 success; 1 ``embed`` finished but some lines or users failed;
 2 bad arguments or input (with ``--strict``, a bad input line).
@@ -41,8 +44,13 @@ def add_parser(subparsers) -> None:
         "gRPC PredictionService and ModelService. Serves the highest version and picks up new "
         "ones without a restart. Stops on SIGTERM / SIGINT.",
     )
-    p.add_argument("--model-base-path", required=True, help="directory of <integer version>/ SavedModels")
-    p.add_argument("--model-name", required=True, help="the model name clients ask for")
+    p.add_argument("--model-base-path", action="append", default=[],
+                   help="directory of <integer version>/ SavedModels (repeat, one per --model-name, "
+                        "to serve several models)")
+    p.add_argument("--model-name", action="append", default=[], help="the model name clients ask for")
+    p.add_argument("--model-config-file",
+                   help="TF Serving's models.config (`clue serving-config`): serve every model it "
+                        "names (name and base_path; other fields are ignored)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1 = this machine only)")
     p.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="how often to look for new versions")
@@ -126,8 +134,9 @@ def _run_serve(args) -> int:
             if not (args.tls_cert and args.tls_key):
                 raise ValueError("--tls-cert and --tls-key go together")
             ssl_config = server.ssl_config_from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        models = _served_models(args)
         handle = server.serve(
-            args.model_base_path, args.model_name, port=args.port, host=args.host,
+            None, None, models=models, port=args.port, host=args.host,
             poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
             max_batch=args.max_batch, threads=args.threads, ssl_config=ssl_config,
             max_concurrent_rpcs=args.max_concurrent_rpcs, stalled_seconds=args.stalled_seconds,
@@ -135,9 +144,24 @@ def _run_serve(args) -> int:
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"clue serve: {e}", file=sys.stderr)
         return 2
-    print(f"serving model {args.model_name!r} from {args.model_base_path} on {handle.address}", flush=True)
+    for name, base in models:
+        print(f"serving model {name!r} from {base} on {handle.address}", flush=True)
     server.run_until_signalled(handle)
     return 0
+
+
+def _served_models(args):
+    """(name, base path) pairs from ``--model-config-file`` or the repeated
+    ``--model-name``/``--model-base-path`` pairs (ValueError when they do not pair up)."""
+    from clue_keras.serving.models_config import read_models_config
+
+    if args.model_config_file:
+        if args.model_name or args.model_base_path:
+            raise ValueError("give --model-config-file or --model-name/--model-base-path, not both")
+        return read_models_config(args.model_config_file)
+    if not args.model_name or len(args.model_name) != len(args.model_base_path):
+        raise ValueError("give one --model-base-path per --model-name (or --model-config-file)")
+    return list(zip(args.model_name, args.model_base_path))
 
 
 # -- serving-config -----------------------------------------------------------

@@ -21,7 +21,8 @@ IMAGE = "gcr.io/my-project/clue-tfx:1.0"
 BEAM = ("--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
         "--temp_location=gs://bucket/tmp")
 RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-BEAM_COMPONENTS = {pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.BEHAVIOR_PREPROCESS}
+BEAM_COMPONENTS = {pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.BEHAVIOR_PREPROCESS,
+                   pl.EMBEDDING_EXPORT}
 
 
 def _compile(tmp_path, **overrides):
@@ -60,7 +61,7 @@ def test_spec_parses_and_every_executor_runs_the_image_with_an_importable_class(
         .fields["tasks"].struct_value.fields
     assert set(tasks) == {pl.EXAMPLE_GEN, pl.STATISTICS_GEN, pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR,
                           pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER,
-                          pl.TASK_EXAMPLE_GEN}
+                          pl.TASK_EXAMPLE_GEN, pl.EMBEDDING_EXPORT, pl.LOOKUP_PUSHER}
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
     assert len(executors) == len(tasks)
     for name, executor in executors.items():
@@ -96,6 +97,8 @@ def test_trainer_and_pipeline_options_reach_the_spec_and_no_local_path_is_left(t
     assert param(pl.EXAMPLE_GEN, "input_base")["stringValue"] == config.data_root
     assert param(pl.BEHAVIOR_PREPROCESS, "max_items")["intValue"] == str(PRESETS["clue-4m"].max_items)
     assert "gs://bucket/serving" in param(pl.PUSHER, "push_destination")["stringValue"]
+    assert "gs://bucket/serving_user_lookup" in \
+        param(pl.LOOKUP_PUSHER, "push_destination")["stringValue"]
     local = [s for s in _strings(spec) if str(tmp_path) in s or s.startswith(("/tmp", "/work", "/root"))]
     assert local == []
 

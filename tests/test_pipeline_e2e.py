@@ -28,11 +28,13 @@ BEAM_IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 #: with a catalogue file; TFX orders the nodes without inputs first, by id).
 COMPONENTS = [pl.EXAMPLE_GEN, pl.CATALOGUE_EXAMPLE_GEN, pl.TASK_EXAMPLE_GEN, pl.STATISTICS_GEN,
               pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR, pl.BEHAVIOR_PREPROCESS, pl.TRAINER,
-              pl.EVALUATOR, pl.PUSHER]
+              pl.EVALUATOR, pl.EMBEDDING_EXPORT, pl.PUSHER, pl.LOOKUP_PUSHER]
+#: What runs again when only the blessing changes (or the task: with TaskExampleGen).
+AFTER_EVALUATOR = (pl.EVALUATOR, pl.EMBEDDING_EXPORT, pl.PUSHER, pl.LOOKUP_PUSHER)
 #: ... for a task without a catalogue file, and without evaluation.
 NO_CATALOGUE = [c for c in COMPONENTS if c != pl.CATALOGUE_EXAMPLE_GEN]
 TRAIN_ONLY = [c for c in COMPONENTS if c not in (pl.CATALOGUE_EXAMPLE_GEN, pl.TASK_EXAMPLE_GEN,
-                                                 pl.EVALUATOR, pl.PUSHER)]
+                                                 *AFTER_EVALUATOR)]
 #: Fast evaluation settings for the e2e runs.
 FAST_EVAL = ["--eval-epochs", "1", "--no-sequence-models"]
 
@@ -64,6 +66,60 @@ def _serve_pushed(version_dir):
     model = tf.saved_model.load(version_dir)
     out = model.signatures["serving_default"](item_texts=tf.constant(texts.astype(str)))
     return services, out["embedding"].numpy()
+
+
+def _one_user_per_split(examples_uri):
+    """The first user id of each split's records (train, eval, test)."""
+    ids = []
+    for split in ("train", "eval", "test"):
+        files = sorted(glob.glob(f"{examples_uri}/Split-{split}/*.gz"))
+        raw = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP")))
+        ids.append(tf.train.Example.FromString(raw.numpy()).features.feature["user_id"]
+                   .bytes_list.value[0].decode())
+    return ids
+
+
+def _lookup_and_encode_over_grpc(encoder_base, lookup_base, data_dir, user_ids):
+    """Serves both pushed models from one `clue serve` server on loopback; returns
+    (lookup by id: embedding, found; encoder on the users' raw histories: embedding)."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from clue_keras.data.tables import read_behaviors
+    from clue_keras.embeddings.user_rows import read_model_layout, user_text_row
+    from clue_keras.serving.server import serve
+    from tfx_pipeline.config import ENCODER_MODEL_NAME, LOOKUP_MODEL_NAME
+
+    version = sorted(os.listdir(encoder_base))[-1]
+    services, max_items = read_model_layout(os.path.join(encoder_base, version))
+    df = read_behaviors(str(data_dir))
+    texts = np.stack([user_text_row(zip(g["service"], g["timestamp"], g["item_text"]),
+                                    services, max_items)
+                      for u in user_ids
+                      for g in [df[(df["user_id"].astype(str) == u)
+                                   & df["service"].isin(services)]]])
+    utf8 = np.vectorize(lambda t: t.encode("utf-8"), otypes=[object])
+
+    def predict(stub, model, **inputs):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        outputs = stub.Predict(request, timeout=60).outputs
+        return {k: tf.make_ndarray(v) for k, v in outputs.items()}
+
+    server = serve(None, None, models=[(ENCODER_MODEL_NAME, str(encoder_base)),
+                                       (LOOKUP_MODEL_NAME, str(lookup_base))],
+                   port=0, host="127.0.0.1", poll_seconds=0.05)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            by_id = predict(stub, LOOKUP_MODEL_NAME, user_id=np.array(
+                [u.encode() for u in user_ids] + [b"no-such-user"], dtype=object))
+            by_texts = predict(stub, ENCODER_MODEL_NAME, item_texts=utf8(texts))
+    finally:
+        server.stop(grace=0)
+    return by_id["embedding"], by_id["found"], by_texts["embedding"]
 
 
 @pytest.mark.slow
@@ -146,6 +202,21 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert np.isfinite(emb).all()
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
 
+    # LookupPusher: the user-id lookup model of every kept user, beside the encoder. Both
+    # served by one server, a lookup by id over gRPC gives what the encoder gives for the
+    # user's history (a user of each split), and an unknown id gets zeros.
+    lookup_serving = root / "serving_user_lookup"
+    lookup_versions = os.listdir(lookup_serving)
+    assert summary.lookup_pushed_to == str(lookup_serving / lookup_versions[0])
+    assert len(lookup_versions) == 1 and summary.lookup_users == s["users_kept"]
+    assert f"--model-base-path {lookup_serving} --model-name clue_user_lookup" in out
+    users = _one_user_per_split(examples_uri)
+    by_id, found, by_texts = _lookup_and_encode_over_grpc(serving, lookup_serving,
+                                                          root / "data", users)
+    assert found.tolist() == [True, True, True, False]
+    np.testing.assert_allclose(by_id[:3], by_texts, atol=2e-5)
+    np.testing.assert_array_equal(by_id[3], 0.0)
+
     # Second identical run: every component reuses its cached outputs.
     assert cli.main(argv + lenient) == 0
     out = capsys.readouterr().out
@@ -156,6 +227,7 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert len(store.get_artifacts()) == artifacts
     assert again.preprocess_stats == summary.preprocess_stats
     assert again.blessed is True and again.pushed_to == summary.pushed_to
+    assert again.lookup_pushed_to == summary.lookup_pushed_to
     assert "using the synthetic data already" in out
     assert f"{len(COMPONENTS)} of {len(COMPONENTS)} components reused cached outputs" in out
     cached = [line.split("]")[0][1:] for line in out.splitlines()
@@ -167,7 +239,7 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert cli.main(argv + ["--margin-over-toppop=10"]) == 0
     out = capsys.readouterr().out
     strict = local_runner.summarize(metadata_path, "clue")
-    assert strict.executions == {c: ("COMPLETE" if c in (pl.EVALUATOR, pl.PUSHER) else "CACHED")
+    assert strict.executions == {c: ("COMPLETE" if c in AFTER_EVALUATOR else "CACHED")
                                  for c in COMPONENTS}
     assert strict.blessed is False and strict.pushed_to is None
     assert "margin 10.0000" in strict.blessing_reason
@@ -176,6 +248,7 @@ def test_clue_run_trains_evaluates_pushes_and_reruns_from_cache(tmp_path, capsys
     assert "NOT BLESSED, so not pushed: U-MLP (CLUE) MRR" in out and "margin 10.0000" in out
     assert "clue serve" not in out
     assert os.listdir(serving) == versions  # still only the blessed version
+    assert os.listdir(lookup_serving) == lookup_versions and strict.lookup_pushed_to is None
 
 
 BAD_INPUTS = {
@@ -302,6 +375,20 @@ def test_create_pipeline_is_pure_and_gates_the_pusher_on_the_evaluator(tmp_path)
     assert pusher.inputs["model_blessing"].producer_component_id == pl.EVALUATOR
     assert pusher.inputs["model_blessing"].output_key == "blessing"
     assert str(tmp_path / "s") in pusher.exec_properties["push_destination"]
+    # The id-lookup model: built from the Trainer's model and the records, after the
+    # Evaluator, pushed on the same blessing to <serving dir>_user_lookup.
+    export, lookup_pusher = nodes[pl.EMBEDDING_EXPORT], nodes[pl.LOOKUP_PUSHER]
+    assert export.inputs["model"].producer_component_id == pl.TRAINER
+    assert export.inputs["user_examples"].producer_component_id == pl.BEHAVIOR_PREPROCESS
+    assert export.inputs["blessing"].producer_component_id == pl.EVALUATOR
+    assert lookup_pusher.inputs["model"].producer_component_id == pl.EMBEDDING_EXPORT
+    assert lookup_pusher.inputs["model_blessing"].producer_component_id == pl.EVALUATOR
+    assert str(tmp_path / "s_user_lookup") in lookup_pusher.exec_properties["push_destination"]
+    p = pl.create_pipeline(config.replace(export_lookup=False))
+    assert [c.id for c in p.components] == [c for c in NO_CATALOGUE
+                                            if c not in (pl.EMBEDDING_EXPORT, pl.LOOKUP_PUSHER)]
+    with pytest.raises(ValueError, match="lookup_serving_dir must differ"):
+        config.replace(lookup_serving_dir=str(tmp_path / "s") + "/")
 
     # A single task file of any name and format, and a catalogue file: two ExampleGens.
     p = pl.create_pipeline(config.replace(eval_task_path="/t/views_2021.parquet",
@@ -506,7 +593,7 @@ def test_a_changed_task_reruns_the_evaluator_and_its_blessing_names_the_task(tmp
 
     assert cli.main(argv) == 0
     second = local_runner.summarize(metadata_path, "clue")
-    rerun = (pl.TASK_EXAMPLE_GEN, pl.EVALUATOR, pl.PUSHER)
+    rerun = (pl.TASK_EXAMPLE_GEN, *AFTER_EVALUATOR)
     assert second.executions == {c: ("COMPLETE" if c in rerun else "CACHED")
                                  for c in NO_CATALOGUE}
     assert second.evaluation_uri != first.evaluation_uri

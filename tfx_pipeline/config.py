@@ -23,6 +23,13 @@ FORMAT_EXTENSIONS = FORMATS
 #: The downstream task evaluated by default: ``<data>/downstream/<DEFAULT_EVAL_TASK>``.
 DEFAULT_EVAL_TASK = "movies"
 
+#: Model names a server gives the encoder and the user-id lookup model (`clue serve`,
+#: ``models.config``, the run summary's serve commands).
+ENCODER_MODEL_NAME = "clue"
+LOOKUP_MODEL_NAME = "clue_user_lookup"
+#: The lookup model's serving directory, by default: the encoder's, with this suffix.
+LOOKUP_DIR_SUFFIX = "_user_lookup"
+
 #: Beam options used when the caller gives none: the DirectRunner in
 #: multi-processing mode with one worker per CPU core (0 = auto).
 DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
@@ -140,6 +147,14 @@ class PipelineConfig:
       margin_over_untrained: ... and exceeds U-MLP on untrained-encoder
         features by more than this; None skips the check.
       eval_sequence_models: also train T-UBM (BST) and Hybrid (slower).
+      export_lookup: with ``evaluate``, add EmbeddingExport (every kept user's
+        embedding, computed with Beam from BehaviorPreprocess's records, and the
+        user-id -> embedding lookup SavedModel) and a second Pusher,
+        ``LookupPusher``, gated by the same blessing, that pushes it to
+        ``lookup_serving_model_dir``.
+      lookup_serving_dir: where ``LookupPusher`` pushes the lookup model (TF
+        Serving's base path of model `LOOKUP_MODEL_NAME`); None:
+        ``<serving_model_dir>_user_lookup`` (`lookup_serving_model_dir`).
     """
 
     pipeline_root: str
@@ -172,6 +187,8 @@ class PipelineConfig:
     margin_over_toppop: Optional[float] = 0.0
     margin_over_untrained: Optional[float] = 0.0
     eval_sequence_models: bool = True
+    export_lookup: bool = True
+    lookup_serving_dir: Optional[str] = None
 
     def __post_init__(self):
         if self.data_format not in FORMAT_EXTENSIONS:
@@ -199,6 +216,9 @@ class PipelineConfig:
                              f"checkpoint_every ({self.train.checkpoint_every})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.lookup_serving_model_dir.rstrip("/") == self.serving_model_dir.rstrip("/"):
+            raise ValueError(f"lookup_serving_dir must differ from serving_model_dir "
+                             f"({self.serving_model_dir}): each model needs its own base path")
         if self.model is None:  # the preset is resolved here, once
             object.__setattr__(self, "model", get_preset(self.preset))
         # Tuples keep the dataclass hashable and immutable when given lists.
@@ -215,6 +235,12 @@ class PipelineConfig:
         return TrainerSettings(preset=self.preset, model=self.model, train=self.train,
                                precision=self.precision,
                                cpu_replicas=self.cpu_replicas).to_custom_config()
+
+    @property
+    def lookup_serving_model_dir(self) -> str:
+        """``lookup_serving_dir``, else ``<serving_model_dir>_user_lookup`` (a sibling of
+        the encoder's serving directory, on the same filesystem)."""
+        return self.lookup_serving_dir or self.serving_model_dir.rstrip("/") + LOOKUP_DIR_SUFFIX
 
     @property
     def dataset_root(self) -> str:

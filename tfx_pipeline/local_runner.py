@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from tfx_pipeline.config import PipelineConfig
+from tfx_pipeline.config import ENCODER_MODEL_NAME, LOOKUP_MODEL_NAME, PipelineConfig
 
 from tfx_pipeline.mlmd_query import RUN_CONTEXT_TYPE as _RUN_CONTEXT_TYPE
 from tfx_pipeline.mlmd_query import custom_properties as _custom
@@ -52,6 +52,9 @@ class RunSummary:
       model_run_uri: the Trainer's ModelRun artifact (checkpoints, TensorBoard logs,
         train_result.json with the full history).
       report_path: the run report `tfx_pipeline.report.write_report` wrote, or None.
+      lookup_pushed_to: the pushed user-id lookup model's version directory
+        (``<lookup_serving_model_dir>/<unix time>``), or None.
+      lookup_users: users in the lookup model EmbeddingExport built, or None.
     """
 
     run_id: str
@@ -70,17 +73,23 @@ class RunSummary:
     durations: Dict[str, float] = dataclasses.field(default_factory=dict)
     model_run_uri: Optional[str] = None
     report_path: Optional[str] = None
+    lookup_pushed_to: Optional[str] = None
+    lookup_users: Optional[int] = None
 
-    #: Model name `serve_instructions` suggests for TF Serving / `clue serve`.
-    MODEL_NAME = "clue"
+    #: Model names `serve_instructions` suggests for TF Serving / `clue serve`.
+    MODEL_NAME = ENCODER_MODEL_NAME
+    LOOKUP_MODEL_NAME = LOOKUP_MODEL_NAME
 
     def serve_instructions(self) -> List[str]:
         """Shell commands that serve the pushed model and query it (empty when not pushed)."""
         if not self.pushed_to:
             return []
         base = os.path.dirname(self.pushed_to.rstrip("/"))
+        lookup = (f" --model-base-path {os.path.dirname(self.lookup_pushed_to.rstrip('/'))} "
+                  f"--model-name {self.LOOKUP_MODEL_NAME}" if self.lookup_pushed_to else "")
         return [
-            f"clue serve --model-base-path {base} --model-name {self.MODEL_NAME} --port 8500",
+            f"clue serve --model-base-path {base} --model-name {self.MODEL_NAME}{lookup} "
+            "--port 8500",
             f"clue embed --server 127.0.0.1:8500 --model {self.MODEL_NAME} "
             "--input users.jsonl --out embeddings.parquet",
         ]
@@ -138,6 +147,9 @@ class RunSummary:
             lines.append(f"  BLESSED: {self._verdict_detail()}")
             if self.pushed_to:
                 lines.append(f"  pushed to {self.pushed_to}")
+                if self.lookup_pushed_to:
+                    lines.append(f"  user-id lookup model ({self.lookup_users} users) pushed "
+                                 f"to {self.lookup_pushed_to}")
                 lines.append("  serve and query it with:")
                 lines.extend("    " + c for c in self.serve_instructions())
             else:
@@ -211,7 +223,17 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
         pushed = _outputs(store, by_node[p.PUSHER].id).get("pushed_model", [])
         if pushed and _custom(pushed[0]).get("pushed"):
             pushed_to = _custom(pushed[0]).get("pushed_destination")
+    lookup_pushed_to = lookup_users = None
+    if p.LOOKUP_PUSHER in by_node:
+        pushed = _outputs(store, by_node[p.LOOKUP_PUSHER].id).get("pushed_model", [])
+        if pushed and _custom(pushed[0]).get("pushed"):
+            lookup_pushed_to = _custom(pushed[0]).get("pushed_destination")
+    if p.EMBEDDING_EXPORT in by_node:
+        built = _outputs(store, by_node[p.EMBEDDING_EXPORT].id).get("lookup_model", [])
+        if built and "users" in _custom(built[0]):
+            lookup_users = int(_custom(built[0])["users"])
     return RunSummary(run_id=run.name, executions=states, cached=int(cached), durations=durations,
+                      lookup_pushed_to=lookup_pushed_to, lookup_users=lookup_users,
                       model_run_uri=model_run_uri,
                       preprocess_stats=stats, train_result=train_result,
                       model_uri=model_uri, blessed=blessed, pushed_to=pushed_to,
@@ -298,6 +320,8 @@ def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = N
     check_writable(config.pipeline_root, "the pipeline root")
     if config.evaluate:
         check_writable(config.serving_model_dir, "the serving directory")
+        if config.export_lookup:
+            check_writable(config.lookup_serving_model_dir, "the lookup model's serving directory")
 
     from tfx import v1 as tfx
 

@@ -14,12 +14,18 @@ TaskExampleGen (the downstream interactions, any format)  [+ TaskCatalogueExampl
                 [+ catalogue] -> evaluation, ModelBlessing)
   -> Pusher (copies the serving SavedModel to <serving_model_dir>/<unix time>/,
              only when the blessing says BLESSED)
+  -> EmbeddingExport (Beam: every kept user's embedding from BehaviorPreprocess's
+                      records with the blessed encoder -> the user-id lookup SavedModel)
+  -> LookupPusher (the lookup model to <lookup_serving_model_dir>/<unix time>/, gated
+                   by the same blessing)
 ```
 The task is data: its ExampleGen fingerprints the task file, so a changed
-task re-runs TaskExampleGen, the Evaluator and the Pusher (and nothing else),
+task re-runs TaskExampleGen, the Evaluator and what follows the blessing (the
+Pushers, EmbeddingExport) and nothing else,
 and MLMD's events link a blessing to the task examples it was computed on.
 With ``config.evaluate=False`` the pipeline has no task ExampleGen and no
-Evaluator, stops after the Trainer and never pushes.
+Evaluator, stops after the Trainer and never pushes; ``config.export_lookup=False``
+leaves out EmbeddingExport and LookupPusher.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from tfx.dsl.components.base import executor_spec
 
 from components.behavior_preprocess.component import BehaviorPreprocess
 from components.clue_evaluator.component import ClueEvaluator
+from components.embedding_export.component import EmbeddingExport
 from components.jsonl_example_gen import executor as jsonl_executor
 from tfx_pipeline.config import PipelineConfig
 
@@ -52,6 +59,8 @@ BEHAVIOR_PREPROCESS, TRAINER, EVALUATOR, PUSHER = (
     "BehaviorPreprocess", "Trainer", "Evaluator", "Pusher")
 #: ExampleGens of the downstream task's interactions and (when named) its catalogue.
 TASK_EXAMPLE_GEN, CATALOGUE_EXAMPLE_GEN = "TaskExampleGen", "TaskCatalogueExampleGen"
+#: The user-id -> embedding lookup model: built after the Evaluator, pushed beside the encoder.
+EMBEDDING_EXPORT, LOOKUP_PUSHER = "EmbeddingExport", "LookupPusher"
 
 
 def _example_gen(config: PipelineConfig) -> base_node.BaseNode:
@@ -123,6 +132,16 @@ def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode, user_ex
     ).with_id(EVALUATOR)
 
 
+def _pusher(model, blessing, base_directory: str, node_id: str) -> base_node.BaseNode:
+    """TFX's Pusher of ``model`` to ``base_directory/<unix time>/``, only when ``blessing``
+    says BLESSED."""
+    return tfx.components.Pusher(
+        model=model, model_blessing=blessing,
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=base_directory)),
+    ).with_id(node_id)
+
+
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """Builds the CLUE TFX pipeline from ``config`` (no side effects)."""
     model_config = config.model
@@ -174,14 +193,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         task_gens = _task_example_gens(config)
         evaluator = _make_evaluator(config, trainer, preprocess.outputs["user_examples"],
                                     task_gens)
-        pusher = tfx.components.Pusher(
-            model=trainer.outputs["model"],
-            model_blessing=evaluator.outputs["blessing"],
-            push_destination=tfx.proto.PushDestination(
-                filesystem=tfx.proto.PushDestination.Filesystem(
-                    base_directory=config.serving_model_dir)),
-        ).with_id(PUSHER)
+        blessing = evaluator.outputs["blessing"]
+        pusher = _pusher(trainer.outputs["model"], blessing, config.serving_model_dir, PUSHER)
         components += [*task_gens, evaluator, pusher]
+        if config.export_lookup:  # the id-lookup model, pushed on the same blessing
+            export = EmbeddingExport(
+                model=trainer.outputs["model"],
+                user_examples=preprocess.outputs["user_examples"],
+                blessing=blessing).with_id(EMBEDDING_EXPORT)
+            components += [export, _pusher(export.outputs["lookup_model"], blessing,
+                                           config.lookup_serving_model_dir, LOOKUP_PUSHER)]
 
     metadata = (tfx.orchestration.metadata.sqlite_metadata_connection_config(
         config.metadata_path) if config.metadata_path else None)

@@ -152,6 +152,9 @@ def _evaluation_section(summary) -> str:
                 f"{_esc(summary.blessing_reason or 'no reason recorded')}</p>")
     out += (f"<p>Pushed to <code>{_esc(summary.pushed_to)}</code>.</p>" if summary.pushed_to
             else "<p>Nothing was pushed.</p>")
+    if getattr(summary, "lookup_pushed_to", None):
+        out += (f"<p>User-id lookup model ({summary.lookup_users} users) pushed to "
+                f"<code>{_esc(summary.lookup_pushed_to)}</code>.</p>")
     return out
 
 

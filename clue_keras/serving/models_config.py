@@ -3,12 +3,14 @@
 The text is built from ``tensorflow_serving.config.model_server_config_pb2``
 and printed with ``google.protobuf.text_format``, so it is valid by
 construction and parses back with ``text_format.Parse``. Pass the file to the
-``tensorflow/serving`` image with ``--model_config_file=/config/models.config``.
+``tensorflow/serving`` image with ``--model_config_file=/config/models.config``,
+or to ``clue serve --model-config-file`` (`read_models_config`), e.g. one naming
+the encoder (``clue``) and the user-id lookup model (``clue_user_lookup``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -73,3 +75,29 @@ def write_models_config(
     """Writes ``models_config_text(...)`` to ``path`` atomically; returns ``path``."""
     write_text_atomic(path, models_config_text(models, num_versions))
     return path
+
+
+def read_models_config(path: str) -> List[Tuple[str, str]]:
+    """The ``(model name, base_path)`` pairs of a ``models.config`` file, in file order.
+
+    Raises:
+      ValueError: not a ``ModelServerConfig`` text proto, no ``model_config_list``,
+        or a model without a name or base path (naming the file).
+    """
+    from google.protobuf.text_format import ParseError
+
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        config = parse_models_config(text)
+    except ParseError as e:
+        raise ValueError(f"{path}: not a ModelServerConfig text proto: {e}") from None
+    models = [(c.name, c.base_path) for c in config.model_config_list.config]
+    if not models:
+        raise ValueError(f"{path}: no model_config_list entries")
+    bad = [m for m in models if not (m[0] and m[1])]
+    if bad:
+        raise ValueError(f"{path}: every model needs a name and a base_path, got {bad}")
+    return models
