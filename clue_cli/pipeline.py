@@ -67,6 +67,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-percent", type=int, default=_D["eval_percent"])
     p.add_argument("--test-percent", type=int, default=_D["test_percent"])
     add_beam_arg(p, metavar="OPTION")
+    p.add_argument("--preprocess-beam-arg", action="append", default=[], metavar="OPTION",
+                   help="Beam option for BehaviorPreprocess only, after --beam-arg (repeatable), "
+                        "e.g. --preprocess-beam-arg=--runner=clue_keras.data.dask_runner.DaskRunner "
+                        "--preprocess-beam-arg=--dask_client_address=tcp://HOST:8786")
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached outputs")
     e = p.add_argument_group(
         "evaluation and push",
@@ -166,6 +170,7 @@ def _common_fields(args) -> dict:
         min_items_per_user=args.min_items, max_text_bytes=args.max_text_bytes,
         eval_percent=args.eval_percent, test_percent=args.test_percent,
         beam_pipeline_args=tuple(args.beam_arg) if args.beam_arg else _D["beam_pipeline_args"],
+        preprocess_beam_args=tuple(args.preprocess_beam_arg),
         enable_cache=not args.no_cache,
         evaluate=not args.no_evaluate, eval_task_path=args.task,
         export_lookup=not args.no_lookup, lookup_serving_dir=args.lookup_serving_dir,

@@ -665,3 +665,25 @@ def test_report_names_every_component_and_embeds_its_images(tmp_path):
     assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"  # the training curves
     assert "rows dropped empty user" in text and "BLESSED" in text and "/srv/clue/17000" in text
     assert "tensorboard --logdir " + str(model_run / "logs") in text
+
+
+def test_preprocess_beam_args_reach_behavior_preprocess_only_and_win(tmp_path):
+    from clue_cli.main import build_parser
+    from clue_cli.pipeline import _common_fields
+
+    dask = ["--runner=clue_keras.data.dask_runner.DaskRunner",
+            "--dask_client_address=tcp://127.0.0.1:8786"]
+    compile_required = ["--kubeflow", "--image", "i", "--pipeline-root", "gs://b/r", "--out", "o"]
+    for argv in (["run"], ["compile"] + compile_required):
+        parsed = build_parser().parse_args(argv + [f"--preprocess-beam-arg={a}" for a in dask])
+        assert _common_fields(parsed)["preprocess_beam_args"] == tuple(dask), argv[0]
+    config = PipelineConfig(pipeline_root=str(tmp_path / "p"), data_root=str(tmp_path / "d"),
+                            serving_model_dir=str(tmp_path / "s"),
+                            beam_pipeline_args=["--direct_num_workers=1"],
+                            preprocess_beam_args=dask)
+    components = {c.id: c for c in pl.create_pipeline(config).components}
+    args = components[pl.BEHAVIOR_PREPROCESS].executor_spec.beam_pipeline_args
+    assert args[-2:] == dask and "--direct_num_workers=1" in args
+    assert args.index("--direct_num_workers=1") < args.index(dask[0])  # the later value wins
+    for cid in (pl.STATISTICS_GEN, pl.EMBEDDING_EXPORT):
+        assert dask[0] not in components[cid].executor_spec.beam_pipeline_args, cid

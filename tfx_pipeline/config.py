@@ -119,6 +119,10 @@ class PipelineConfig:
         DirectRunner in multi-processing mode; pass e.g. ``--runner=FlinkRunner
         --flink_master=HOST:8081`` or ``--runner=DataflowRunner --project=P
         --region=R --temp_location=gs://...`` to scale out with the same code.
+      preprocess_beam_args: Beam options for BehaviorPreprocess only, after
+        ``beam_pipeline_args`` (the later value of an option wins), e.g. a
+        dask.distributed cluster for the one graph written for it (README
+        "Beam engines") while TFX's components stay on the DirectRunner.
       enable_cache: reuse outputs of executions whose inputs and properties are
         unchanged (MLMD-based caching).
       schema_path: a curated schema (``schema.pbtxt``, TFX's text format) that
@@ -177,6 +181,7 @@ class PipelineConfig:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     num_shards: int = 0
     beam_pipeline_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
+    preprocess_beam_args: Tuple[str, ...] = ()
     enable_cache: bool = True
     schema_path: Optional[str] = None
     evaluate: bool = True
@@ -223,6 +228,7 @@ class PipelineConfig:
             object.__setattr__(self, "model", get_preset(self.preset))
         # Tuples keep the dataclass hashable and immutable when given lists.
         object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
+        object.__setattr__(self, "preprocess_beam_args", tuple(self.preprocess_beam_args))
 
     def replace(self, **kw) -> "PipelineConfig":
         if "preset" in kw and "model" not in kw:

@@ -178,6 +178,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         input_format=config.data_format,
         file_pattern=config.file_pattern,
     ).with_id(BEHAVIOR_PREPROCESS)
+    if config.preprocess_beam_args:  # appended to the pipeline's: the later value wins
+        preprocess.with_beam_pipeline_args(list(config.preprocess_beam_args))
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=preprocess.outputs["user_examples"],
