@@ -1,10 +1,14 @@
-"""Faults of a local `clue run`, for real: kill -9 at several stages, a full serving
+"""Faults of a local `clue run`, for real: kill -9 at every stage, a full serving
 disk, a read-only serving directory, unreadable input.
 
 Slow tests start `clue run` (tiny preset, in-memory Beam, a one-epoch evaluation
 without sequence models) as a subprocess in its own process group, wait for a
 stage by polling the pipeline root (bounded waits, no fixed sleeps), SIGKILL the
-group and run the same command again. One root is reused across kill points.
+group and run the same command again. One root is reused across kill points
+(ExampleGen, BehaviorPreprocess, training, evaluation, the push). The Pusher's
+copy of a tiny model lasts milliseconds, so the run killed during the push has a
+``sitecustomize`` on its PYTHONPATH that makes TFX's file copy sleep before each
+file it copies into the serving directory (that process only).
 
 Here tests run as root, for whom chmod stops nothing: a read-only serving
 directory is a read-only tmpfs mount or, through ``setpriv``, a chmod-ed
@@ -33,9 +37,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Bound of every wait for one stage of one run (start-up included, 2 shared cores).
 STAGE_TIMEOUT_S = 900
 STEPS, EVERY = 120, 10
+#: ``--no-lookup``: no EmbeddingExport / LookupPusher (the lookup model is pushed by a
+#: second stock Pusher, the same copy as the encoder's), for shorter runs.
 RUN_ARGS = ["--users", "150", "--preset", "tiny", "--train-steps", str(STEPS),
             "--batch-size", "16", "--checkpoint-every", str(EVERY),
-            "--eval-epochs", "1", "--no-sequence-models",
+            "--eval-epochs", "1", "--no-sequence-models", "--no-lookup",
             "--margin-over-toppop=-1", "--margin-over-untrained=-1",
             "--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 #: A curated schema for every run: without one, the first run that completes keeps
@@ -47,6 +53,46 @@ SCHEMA = "".join(
                        ("user_id", "BYTES")))
 UPSTREAM = [pl.EXAMPLE_GEN, pl.CATALOGUE_EXAMPLE_GEN, pl.TASK_EXAMPLE_GEN, pl.STATISTICS_GEN,
             pl.SCHEMA_GEN, pl.EXAMPLE_VALIDATOR]
+#: The components killed, in order, on one ROOT by the `killed_runs` fixture.
+KILLED = [pl.EXAMPLE_GEN, pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR, pl.PUSHER]
+#: Seconds the slowed Pusher sleeps before copying each file into the serving directory.
+SLOW_COPY_S = 1.0
+#: Loaded at start-up by the process killed during the push (its PYTHONPATH only):
+#: wraps ``tfx.dsl.io.fileio.copy`` (what ``io_utils.copy_dir`` / ``copy_file``, and
+#: so the Pusher, copy with) once TFX imports it, to sleep before every copy whose
+#: destination is under $CLUE_TEST_SLOW_COPY_DIR.
+SLOW_COPY_SITECUSTOMIZE = """
+import importlib.abc, importlib.util, os, sys, time
+
+_UNDER = os.path.join(os.path.realpath(os.environ["CLUE_TEST_SLOW_COPY_DIR"]), "")
+_SLEEP = float(os.environ["CLUE_TEST_SLOW_COPY_S"])
+
+
+class _SlowCopy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "tfx.dsl.io.fileio":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            copy = module.copy
+
+            def slow_copy(src, dst, *args, **kwargs):
+                if os.path.realpath(str(dst)).startswith(_UNDER):
+                    time.sleep(_SLEEP)
+                return copy(src, dst, *args, **kwargs)
+
+            module.copy = slow_copy
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _SlowCopy())
+"""
 
 
 # ---------------------------------------------------------------- helpers
@@ -76,9 +122,9 @@ def _clue_run(root):
 class Run:
     """`clue run` in a subprocess of its own process group, output to a log file."""
 
-    def __init__(self, root, log, *extra):
+    def __init__(self, root, log, *extra, env=None):
         self.log = str(log)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
         argv = _clue_run(root) + list(extra)
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out,
@@ -184,21 +230,57 @@ def _uninterrupted_trainer(metadata_path, out_dir):
     return serving
 
 
+def _slow_push_env(base, serving):
+    """Environment of a `clue run` whose Pusher sleeps before each file it copies."""
+    site = base / "slow_push_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_COPY_SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "CLUE_TEST_SLOW_COPY_DIR": str(serving),
+            "CLUE_TEST_SLOW_COPY_S": str(SLOW_COPY_S)}
+
+
+def _partial_version(serving):
+    """A version directory in ``serving`` with some files copied and no saved_model.pb."""
+    for version in sorted(glob.glob(f"{serving}/[0-9]*")):
+        if _listing(version) and not os.path.exists(os.path.join(version, "saved_model.pb")):
+            return version
+    return None
+
+
+def _lock_pid(lock):
+    try:
+        return json.loads(lock.read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
 @pytest.fixture(scope="module")
 def killed_runs(tmp_path_factory):
-    """One ROOT: `clue run` killed during BehaviorPreprocess, during training (after
-    its first checkpoint), during evaluation; then the same command to the end.
-    Returns what each step saw, for the tests below to check."""
+    """One ROOT: `clue run` killed during ExampleGen, during BehaviorPreprocess, during
+    training (after its first checkpoint), during evaluation, during the push (a
+    version directory half-copied); then the same command to the end. Returns what
+    each step saw, for the tests below to check."""
+    from clue_keras.serving.version_dirs import incomplete_reason
+
     base = tmp_path_factory.mktemp("faults")
     root = base / "runs"
     meta = str(root / "metadata" / "metadata.db")
     p = root / "pipeline"
     seen = {"root": root, "meta": meta, "base": base}
 
+    # 0. Killed during ExampleGen (its output directory exists, i.e. it runs).
+    run = Run(root, base / "run0.log")
+    (orphan,) = run.wait_for(lambda: glob.glob(f"{p}/{pl.EXAMPLE_GEN}/examples/*"),
+                             "ExampleGen to start")
+    run.kill()
+    seen["example_gen_orphan"] = orphan
+    seen["after_kill0"] = _executions(meta)
+
     # 1. Killed during BehaviorPreprocess (its output directory exists, i.e. it runs).
     run = Run(root, base / "run1.log")
     lock = root / ".clue-run.lock"
-    run.wait_for(lambda: lock.exists() and lock.read_text(), "the run lock")
+    run.wait_for(lambda: _lock_pid(lock) == run.proc.pid, "the run lock")
     second = subprocess.run(_clue_run(root), cwd=REPO, capture_output=True, text=True,
                             timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     seen["second"] = (second.returncode, second.stderr, run.proc.pid)
@@ -227,8 +309,17 @@ def killed_runs(tmp_path_factory):
     seen["after_kill3"] = _executions(meta)
     seen["resumable_after_training"] = os.path.exists(seen["resumable"])
 
-    # 4. The same command, to the end.
-    run = Run(root, base / "run4.log")
+    # 4. Killed during the push, with a version directory half-copied (slowed copy).
+    serving = root / "serving"
+    run = Run(root, base / "run4.log", env=_slow_push_env(base, serving))
+    partial = run.wait_for(lambda: _partial_version(serving), "a half-copied version")
+    run.kill()
+    seen["push_orphan"] = partial
+    seen["push_orphan_why"] = incomplete_reason(partial)
+    seen["after_kill4"] = _executions(meta)
+
+    # 5. The same command, to the end.
+    run = Run(root, base / "run5.log")
     assert run.finish() == 0, run.text()[-5000:]
     seen["out"] = run.text()
     seen["summary"] = local_runner.summarize(meta, "clue")
@@ -252,30 +343,54 @@ def test_kill_9_leaves_the_execution_running_and_the_rerun_never_reads_its_outpu
     # What LocalDagRunner leaves: the killed component's execution stays RUNNING in
     # MLMD (nothing marks it), its half-written directory stays on disk, and no
     # output artifact of it is registered; everything before it is COMPLETE.
-    killed = [pl.BEHAVIOR_PREPROCESS, pl.TRAINER, pl.EVALUATOR]
-    for k, key in enumerate(("after_kill1", "after_kill2", "after_kill3")):
-        states = killed_runs[key]
-        assert states[-1][1:] == (killed[k], "RUNNING"), states
-        assert [c for _, c, s in states if s == "RUNNING"] == killed[:k + 1], states
+    for k in range(len(KILLED)):
+        states = killed_runs[f"after_kill{k}"]
+        assert states[-1][1:] == (KILLED[k], "RUNNING"), states
+        assert [c for _, c, s in states if s == "RUNNING"] == KILLED[:k + 1], states
         assert {s for _, _, s in states} <= {"RUNNING", "COMPLETE", "CACHED"}, states
     final = _executions(meta)
-    assert [c for _, c, s in final if s == "RUNNING"] == killed  # the orphans stay so
+    assert [c for _, c, s in final if s == "RUNNING"] == KILLED  # the orphans stay so
 
     # The re-run: components done before a kill come from the cache, the killed one
     # runs again in new directories, and nothing reads an orphan's directory.
     summary = killed_runs["summary"]
     assert summary.executions == {**{c: "CACHED" for c in UPSTREAM},
                                   pl.BEHAVIOR_PREPROCESS: "CACHED", pl.TRAINER: "CACHED",
-                                  pl.EVALUATOR: "COMPLETE", pl.PUSHER: "COMPLETE"}
-    orphan = killed_runs["preprocess_orphan"]
-    for component in (pl.TRAINER, pl.EVALUATOR):
-        uris = _input_uris(meta, component, "examples" if component == pl.TRAINER
-                           else "user_examples")
-        assert uris and orphan not in uris
+                                  pl.EVALUATOR: "CACHED", pl.PUSHER: "COMPLETE"}
+    for component, key, orphan in (
+            (pl.STATISTICS_GEN, "examples", killed_runs["example_gen_orphan"]),
+            (pl.BEHAVIOR_PREPROCESS, "examples", killed_runs["example_gen_orphan"]),
+            (pl.TRAINER, "examples", killed_runs["preprocess_orphan"]),
+            (pl.EVALUATOR, "user_examples", killed_runs["preprocess_orphan"])):
+        uris = _input_uris(meta, component, key)
+        assert uris and orphan not in uris, (component, key)
     assert killed_runs["evaluation_orphan"] != summary.evaluation_uri
     assert summary.blessed is True and summary.pushed_to
     assert os.listdir(os.path.dirname(summary.pushed_to)) == [
         os.path.basename(summary.pushed_to)]
+
+
+@pytest.mark.slow
+def test_a_push_killed_half_way_is_removed_named_and_pushed_again_whole(killed_runs):
+    """kill -9 during the Pusher's copy (slowed down in that process): the version
+    directory it left is not a whole SavedModel; the next run removes it, names it,
+    re-runs only the Pusher, and the model it pushes is whole and equal, file for
+    file, to the Trainer's serving model."""
+    from clue_keras.serving.version_dirs import incomplete_reason
+
+    partial = killed_runs["push_orphan"]
+    assert killed_runs["push_orphan_why"]  # killed mid-copy: not a whole SavedModel
+    assert not os.path.exists(partial)
+    assert f"removed {partial}: an interrupted push left it half-copied" in killed_runs["out"]
+    summary = killed_runs["summary"]
+    assert [c for c, s in summary.executions.items() if s != "CACHED"] == [pl.PUSHER]
+    assert summary.pushed_to != partial and incomplete_reason(summary.pushed_to) is None
+    trained = os.path.join(summary.model_uri, "Format-Serving")
+    assert _listing(summary.pushed_to) == _listing(trained)
+    for name, _ in _listing(trained):
+        with open(os.path.join(trained, name), "rb") as a, \
+                open(os.path.join(summary.pushed_to, name), "rb") as b:
+            assert a.read() == b.read(), name
 
 
 @pytest.mark.slow
@@ -322,7 +437,7 @@ def test_a_full_serving_disk_fails_the_push_naming_it_and_keeps_the_previous_mod
     another: the Pusher fails with ENOSPC, the CLI names the Pusher and the
     directory, the half-copied version is removed, the previous model is untouched
     and the Trainer's outputs are still cached; with room again only the Pusher runs."""
-    from clue_keras.serving.model_manager import incomplete_reason
+    from clue_keras.serving.version_dirs import incomplete_reason
 
     pushed = killed_runs["summary"].pushed_to
     pages = sum(-(-size // 4096) for _, size in _listing(pushed))
@@ -334,7 +449,7 @@ def test_a_full_serving_disk_fails_the_push_naming_it_and_keeps_the_previous_mod
         before = _listing(serving / "1")
         root, meta = killed_runs["root"], killed_runs["meta"]
 
-        run = Run(root, killed_runs["base"] / "run5.log", "--serving-dir", str(serving))
+        run = Run(root, killed_runs["base"] / "full_disk.log", "--serving-dir", str(serving))
         assert run.finish() != 0
         out = run.text()
         assert f"clue run: {pl.PUSHER} failed: " in out
@@ -347,11 +462,11 @@ def test_a_full_serving_disk_fails_the_push_naming_it_and_keeps_the_previous_mod
 
         subprocess.run(["mount", "-o", f"remount,size={8 * (pages + 64)}k", str(disk)],
                        check=True, timeout=30)
-        # What a kill -9 in the middle of a copy leaves (the window is milliseconds
-        # long, so it is laid out here): variables copied, no saved_model.pb yet.
+        # What a kill -9 in the middle of a copy leaves (a real one is in killed_runs;
+        # here it is laid out by hand): variables copied, no saved_model.pb yet.
         partial = serving / str(int(time.time()))
         shutil.copytree(os.path.join(pushed, "variables"), partial / "variables")
-        run = Run(root, killed_runs["base"] / "run6.log", "--serving-dir", str(serving))
+        run = Run(root, killed_runs["base"] / "room_again.log", "--serving-dir", str(serving))
         assert run.finish() == 0, run.text()[-3000:]
         assert f"removed {partial}: an interrupted push left it half-copied" in run.text()
         summary = local_runner.summarize(meta, "clue")

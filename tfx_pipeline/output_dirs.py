@@ -14,7 +14,7 @@ the middle leaves a version directory that is not a whole SavedModel. A
 version directory is removed when all of these hold:
 
 1. no COMPLETE Pusher execution recorded in this MLMD store pushed to it;
-2. it is not a whole SavedModel (`clue_keras.serving.model_manager.incomplete_reason`:
+2. it is not a whole SavedModel (`clue_keras.serving.version_dirs.incomplete_reason`:
    ``saved_model.pb``, the variables index and every data shard present, and
    the checksums in ``fingerprint.pb`` matching the files);
 3. its version (the Pusher's clock when it copied) is not older than the start
@@ -93,7 +93,7 @@ def remove_partial_pushes(metadata_path: str, pipeline_name: str,
     if "://" in serving_dir or not os.path.isdir(serving_dir) \
             or not os.path.exists(metadata_path):
         return []
-    from clue_keras.serving.model_manager import incomplete_reason, list_version_dirs
+    from clue_keras.serving.version_dirs import incomplete_reason, list_version_dirs
 
     pushed, since = _pusher_history(metadata_path, pipeline_name)
     if since is None:

@@ -5,11 +5,14 @@
 
 * every request stays under gRPC's message limit (4 MB by default): the batch
   dimension is split so that each serialized ``PredictRequest`` fits, and a
-  request the server still rejects with ``RESOURCE_EXHAUSTED`` (or whose
-  response is too big) is halved and sent again;
-* every call has a deadline (``timeout_s``), and ``UNAVAILABLE`` and
-  ``DEADLINE_EXCEEDED`` are retried with jittered exponential backoff, a
-  bounded number of times;
+  request the server still rejects as too big (``RESOURCE_EXHAUSTED``, "message
+  larger than max"), or whose response is too big, is halved and sent again;
+* every call has a deadline (``timeout_s``), and ``UNAVAILABLE``,
+  ``DEADLINE_EXCEEDED`` and a busy server (``RESOURCE_EXHAUSTED`` at its cap on
+  concurrent RPCs, told apart from a too-big message by its status details:
+  `clue_keras.serving.errors.is_server_busy`) are retried with jittered
+  exponential backoff, a bounded number of times; then the error names the
+  request and the number of attempts;
 * ``embed_users`` (`clue_keras.serving.user_embedding`) turns user histories into the dense ``[B, P, S]`` string
   tensor of the ``serving_default`` signature (docs/ARCHITECTURE.md) and
   reports a per-user error for a user the model rejects (``INVALID_ARGUMENT``,
@@ -28,7 +31,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 
-from clue_keras.serving.errors import RETRYABLE, ServingError
+from clue_keras.serving.errors import RETRYABLE, ServingError, is_server_busy
 from clue_keras.serving.user_embedding import UserEmbedding
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ class CLUEClient(UserEmbedding):
         gRPC's default is 4 MiB).
       max_batch: most rows per request, whatever their size (None: no cap).
       version: pin a model version (None: the latest served).
-      max_attempts: attempts per request for ``UNAVAILABLE`` /
-        ``DEADLINE_EXCEEDED``, first one included.
+      max_attempts: attempts per request for ``UNAVAILABLE``,
+        ``DEADLINE_EXCEEDED`` and a busy server, first one included.
       initial_backoff_s, max_backoff_s: exponential backoff between attempts
         (doubling, with up to 50% random extra).
       max_response_bytes: largest response accepted.
@@ -161,29 +164,40 @@ class CLUEClient(UserEmbedding):
         if signature is not None:
             spec.signature_name = signature
 
-    def _call(self, rpc, request):
-        """One RPC with deadline and retries; raises ``ServingError``."""
+    def _call(self, rpc, request, what: str = ""):
+        """One RPC with deadline and retries; raises ``ServingError``.
+
+        ``what`` names the request in log lines and in the error after the last
+        attempt (default: the RPC's method name)."""
         delay = self.initial_backoff_s
+        what = what or getattr(rpc, "_method", b"RPC")
+        what = what.decode() if isinstance(what, bytes) else what
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return rpc(request, timeout=self.timeout_s)
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
-                if code in RETRYABLE and attempt < self.max_attempts:
+                busy = is_server_busy(code, details)
+                retryable = code in RETRYABLE or busy
+                if retryable and attempt < self.max_attempts:
                     pause = min(delay, self.max_backoff_s) * (1.0 + 0.5 * self._rng.random())
                     log.warning(
-                        "%s from %s (attempt %d/%d); retrying in %.2f s: %s",
-                        code.name, self.address, attempt, self.max_attempts, pause, details,
+                        "%s from %s for %s (attempt %d/%d%s); retrying in %.2f s: %s",
+                        code.name, self.address, what, attempt, self.max_attempts,
+                        ", server busy" if busy else "", pause, details,
                     )
                     time.sleep(pause)
                     delay *= 2
                     continue
-                if code in RETRYABLE:
-                    details = f"{details} (gave up after {attempt} attempts)"
+                if busy:
+                    details = (f"server {self.address} busy (at its limit of concurrent RPCs) for "
+                               f"{what}: gave up after {attempt} attempts: {details}")
+                elif retryable:
+                    details = f"{details} ({what}: gave up after {attempt} attempts)"
                 if code == grpc.StatusCode.UNAVAILABLE:
                     details += ("; TLS handshake failed? check the CA (--tls-ca) and client certificate"
                                 if self.tls else "; if the server uses TLS, pass --tls-ca / root_certificates")
-                raise ServingError(code, details) from None
+                raise ServingError(code, details, busy=busy) from None
         raise AssertionError("unreachable")
 
     # -- metadata and status --
@@ -263,8 +277,10 @@ class CLUEClient(UserEmbedding):
 
         Raises:
           ServingError: the server refused a request (``rows`` = the batch
-            rows of the failing request) or one row alone exceeds
-            ``max_message_bytes`` (``RESOURCE_EXHAUSTED``).
+            rows of the failing request), one row alone is too big for
+            ``max_message_bytes`` or the server's limit (``RESOURCE_EXHAUSTED``),
+            or the server stayed busy for ``max_attempts`` attempts
+            (``RESOURCE_EXHAUSTED``, ``busy`` True).
           ValueError: batched inputs disagree on dimension 0.
         """
         unbatched = set(unbatched)
@@ -334,14 +350,16 @@ class CLUEClient(UserEmbedding):
                 if b > a:
                     self._predict_range(arrays, int(a), int(b), unbatched, signature, output_filter, parts)
             return
+        what = f"Predict of {self.model_name!r} rows {lo}-{hi - 1}" if rows else \
+            f"Predict of {self.model_name!r} (empty batch)"
         try:
-            response = self._call(self._predict_stub.Predict, request)
+            response = self._call(self._predict_stub.Predict, request, what)
         except ServingError as e:
-            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and rows > 1:
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not e.busy and rows > 1:
                 mid = (lo + hi) // 2  # Server limit below ours, or response too big.
                 self._predict_range(arrays, lo, mid, unbatched, signature, output_filter, parts)
                 self._predict_range(arrays, mid, hi, unbatched, signature, output_filter, parts)
                 return
-            raise ServingError(e.code, e.details, rows=range(lo, hi)) from None
+            raise ServingError(e.code, e.details, rows=range(lo, hi), busy=e.busy) from None
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         parts.append((int(response.model_spec.version.value), outputs))

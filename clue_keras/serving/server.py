@@ -11,7 +11,10 @@ built from ``tensorflow-serving-api``'s own protos:
 
 Model versions (``<model_base_path>/<integer version>/saved_model.pb``, TF
 Serving's layout and what the TFX Pusher writes) are found, loaded and swapped
-by :mod:`clue_keras.serving.model_manager`; the gRPC servicers are in
+by :mod:`clue_keras.serving.model_manager`, one manager per model: a server
+serves one model or several (``models=[(name, base_path), ...]``, e.g. the
+encoder and the user-id lookup model, or the models of a TF Serving
+``models.config``: `clue_keras.serving.models_config.read_models_config`); the gRPC servicers are in
 :mod:`clue_keras.serving.servicers`. This module starts and stops the server.
 
 Status codes follow TF Serving (``servables/tensorflow/predict_util.cc``):
@@ -29,10 +32,13 @@ input dtype or shape mismatch           ``INVALID_ARGUMENT`` (names input,
                                         expected and got)
 empty batch, batch over ``max_batch``   ``INVALID_ARGUMENT`` (this server's
                                         own limits; TF Serving has none)
-request over ``max_request_bytes``      ``RESOURCE_EXHAUSTED`` (from gRPC)
+request over ``max_request_bytes``      ``RESOURCE_EXHAUSTED`` (from gRPC:
+                                        "Received message larger than max")
 input declaring more elements than      ``INVALID_ARGUMENT`` (this server's
 ``max_request_bytes``                   own limit)
-over ``max_concurrent_rpcs`` at once    ``RESOURCE_EXHAUSTED`` (from gRPC)
+over ``max_concurrent_rpcs`` at once    ``RESOURCE_EXHAUSTED`` (from gRPC:
+                                        "Concurrent RPC limit exceeded!";
+                                        clients retry it, `errors.is_server_busy`)
 deadline passed before the model ran    ``DEADLINE_EXCEEDED``
 error raised by the model graph         that error's own code
 =====================================  ======================================
@@ -58,7 +64,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from typing import Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import grpc
 
@@ -153,9 +159,11 @@ def server_credentials(ssl_config) -> grpc.ServerCredentials:
 class ServingServer:
     """A running server (see ``serve``). ``port`` is the bound port."""
 
-    def __init__(self, server: grpc.Server, manager: ModelManager, host: str, port: int):
+    def __init__(self, server: grpc.Server, managers: Dict[str, ModelManager], host: str,
+                 port: int):
         self._server = server
-        self.manager = manager
+        self.managers = managers          # {model name: manager}
+        self.manager = next(iter(managers.values()))  # the first model's
         self.host = host
         self.port = port
 
@@ -165,8 +173,9 @@ class ServingServer:
         return f"{_bracket(self.host)}:{self.port}"
 
     def stop(self, grace: Optional[float] = 5.0) -> None:
-        """Stops the poller, then the server (in-flight RPCs get ``grace`` s)."""
-        self.manager.stop()
+        """Stops the pollers, then the server (in-flight RPCs get ``grace`` s)."""
+        for manager in self.managers.values():
+            manager.stop()
         self._server.stop(grace).wait()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -185,8 +194,8 @@ def _bracket(host: str) -> str:
 
 
 def serve(
-    model_base_path: str,
-    model_name: str,
+    model_base_path: Optional[str],
+    model_name: Optional[str],
     port: int = 8500,
     host: str = "127.0.0.1",
     poll_seconds: float = DEFAULT_POLL_SECONDS,
@@ -196,15 +205,19 @@ def serve(
     ssl_config=None,
     max_concurrent_rpcs: Optional[int] = DEFAULT_MAX_CONCURRENT_RPCS,
     stalled_seconds: float = DEFAULT_STALLED_SECONDS,
+    models: Sequence[Tuple[str, str]] = (),
 ) -> ServingServer:
-    """Starts serving ``model_base_path`` as ``model_name``; returns at once.
+    """Starts serving ``model_base_path`` as ``model_name`` (and ``models``); returns at once.
 
-    The newest loadable version is loaded before this returns (if there is
-    one), so a request right after ``serve`` sees it.
+    The newest loadable version of each model is loaded before this returns (if
+    there is one), so a request right after ``serve`` sees it.
 
     Args:
-      model_base_path: directory of ``<integer version>/saved_model.pb``.
+      model_base_path: directory of ``<integer version>/saved_model.pb``; None
+        when ``models`` names every model.
       model_name: the name clients put in ``ModelSpec.name``.
+      models: more ``(model name, base path)`` pairs served by the same server
+        (each with its own versions), as in a TF Serving ``models.config``.
       port: TCP port; 0 picks a free one (read it from ``.port``).
       host: interface to bind; loopback unless you mean to expose it.
       poll_seconds: how often to look for a new version.
@@ -222,7 +235,7 @@ def serve(
 
     Raises:
       FileNotFoundError: ``model_base_path`` is not a directory.
-      ValueError: a bad limit or ``ssl_config``.
+      ValueError: a bad limit or ``ssl_config``; no model, or a name twice.
       OSError: the address cannot be bound.
     """
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -234,8 +247,14 @@ def serve(
     if max_batch < 0 or threads < 1 or (max_concurrent_rpcs is not None and max_concurrent_rpcs < threads):
         raise ValueError(f"need max_batch >= 0, threads >= 1 and max_concurrent_rpcs >= threads, "
                          f"got {max_batch}, {threads}, {max_concurrent_rpcs}")
+    pairs = ([(model_name, model_base_path)] if model_base_path is not None else []) + list(models)
+    names = [name for name, _ in pairs]
+    if not pairs or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"serve needs at least one model and distinct, non-empty names, got "
+                         f"{names}")
     credentials = server_credentials(ssl_config) if ssl_config is not None else None
-    manager = ModelManager(model_name, model_base_path, poll_seconds, stalled_seconds)
+    managers = {name: ModelManager(name, base, poll_seconds, stalled_seconds)
+                for name, base in pairs}
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clue-serve"),
         options=[
@@ -245,8 +264,8 @@ def serve(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, max_batch, max_elements=max_request_bytes), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+        PredictionServicer(managers, max_batch, max_elements=max_request_bytes), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(managers), server)
     address = f"{_bracket(host)}:{port}"
     try:
         bound = (server.add_secure_port(address, credentials) if credentials is not None
@@ -263,12 +282,14 @@ def serve(
     if credentials is None and host not in _LOOPBACK:
         log.warning("serving plaintext on %s, reachable from other machines; use TLS "
                     "(--ssl-config-file) or bind 127.0.0.1", host)
-    manager.start()
+    for manager in managers.values():
+        manager.start()
     server.start()
-    log.info("serving model %r from %s on %s:%d (%s)", model_name, model_base_path, host, bound,
+    log.info("serving %s on %s:%d (%s)",
+             ", ".join(f"model {n!r} from {b}" for n, b in pairs), host, bound,
              "plaintext" if credentials is None
              else "mutual TLS" if ssl_config.client_verify else "TLS")
-    return ServingServer(server, manager, host, bound)
+    return ServingServer(server, managers, host, bound)
 
 
 def run_until_signalled(handle: ServingServer, grace: float = 5.0) -> None:

@@ -1,4 +1,8 @@
-"""TF Serving's gRPC servicers over a :class:`~clue_keras.serving.model_manager.ModelManager`.
+"""TF Serving's gRPC servicers over :class:`~clue_keras.serving.model_manager.ModelManager` s.
+
+One server may serve several models (TF Serving's ``models.config``): the
+servicers take ``{model name: ModelManager}`` (or a single manager) and answer
+each request from the manager its ``ModelSpec.name`` names.
 
 * ``PredictionServicer`` (``tensorflow.serving.PredictionService``):
   ``Predict``, ``GetModelMetadata`` (``Classify``, ``Regress``,
@@ -14,7 +18,7 @@ Status codes follow TF Serving (``servables/tensorflow/predict_util.cc``); see
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
 import grpc
 from tensorflow_serving.apis import (
@@ -48,7 +52,33 @@ def _format_shape(shape) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _resolve(manager: ModelManager, model_spec) -> LoadedVersion:
+Managers = Union[ModelManager, Mapping[str, ModelManager]]
+
+
+def as_managers(managers: Managers) -> Dict[str, ModelManager]:
+    """``{model name: manager}`` from one manager or a mapping of them."""
+    if isinstance(managers, ModelManager):
+        return {managers.model_name: managers}
+    return dict(managers)
+
+
+def _served(managers: Dict[str, ModelManager]) -> str:
+    names = sorted(managers)
+    return (f"model {names[0]!r}" if len(names) == 1
+            else "models " + ", ".join(repr(n) for n in names))
+
+
+def _manager_for(managers: Dict[str, ModelManager], name: str, request_str: str) -> ModelManager:
+    if name not in managers:
+        raise _Abort(
+            grpc.StatusCode.NOT_FOUND,
+            f"Servable not found for request: {request_str}; this server serves "
+            f"{_served(managers)}",
+        )
+    return managers[name]
+
+
+def _resolve(managers: Dict[str, ModelManager], model_spec) -> LoadedVersion:
     """The loaded version a request's ``ModelSpec`` asks for, or ``_Abort``."""
     name = model_spec.name
     if model_spec.WhichOneof("version_choice") == "version_label":
@@ -61,12 +91,7 @@ def _resolve(manager: ModelManager, model_spec) -> LoadedVersion:
     request_str = (
         f"Specific({name}, {model_spec.version.value})" if wants_version else f"Latest({name})"
     )
-    if name != manager.model_name:
-        raise _Abort(
-            grpc.StatusCode.NOT_FOUND,
-            f"Servable not found for request: {request_str}; this server serves model "
-            f"{manager.model_name!r}",
-        )
+    manager = _manager_for(managers, name, request_str)
     loaded = manager.current()
     if loaded is None:
         raise _Abort(
@@ -199,15 +224,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``Predict`` and ``GetModelMetadata`` on the manager's loaded version.
 
     Args:
-      manager: the model versions to answer from.
+      manager: the model versions to answer from: one manager, or
+        ``{model name: manager}`` for several models.
       max_batch: largest dimension 0 accepted for each input whose signature
         leaves it unknown; 0 means no limit.
       max_elements: largest element count of one input tensor (the server
         passes its request byte limit).
     """
 
-    def __init__(self, manager: ModelManager, max_batch: int, max_elements: int = 4 << 20):
-        self.manager = manager
+    def __init__(self, manager: Managers, max_batch: int, max_elements: int = 4 << 20):
+        self.managers = as_managers(manager)
         self.max_batch = max_batch
         self.max_elements = max_elements
 
@@ -216,7 +242,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """TF Serving's Predict on the requested (or latest) version."""
         import tensorflow as tf
 
-        loaded = _resolve(self.manager, request.model_spec)
+        loaded = _resolve(self.managers, request.model_spec)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature_name not in loaded.signatures:
             raise _Abort(
@@ -247,7 +273,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         results = fn(**feeds)
         response = predict_pb2.PredictResponse()
-        _fill_model_spec(response.model_spec, self.manager.model_name, loaded.version,
+        _fill_model_spec(response.model_spec, request.model_spec.name, loaded.version,
                          signature_name)
         for alias in outputs_wanted:
             response.outputs[alias].CopyFrom(tf.make_tensor_proto(results[alias].numpy()))
@@ -268,30 +294,30 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"Metadata field {field} is not supported",
                 )
-        loaded = _resolve(self.manager, request.model_spec)
+        loaded = _resolve(self.managers, request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        _fill_model_spec(response.model_spec, self.manager.model_name, loaded.version)
+        _fill_model_spec(response.model_spec, request.model_spec.name, loaded.version)
         response.metadata["signature_def"].Pack(loaded.signature_defs)
         return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``GetModelStatus``: every version the manager has tried."""
+    """``GetModelStatus``: every version the model's manager has tried."""
 
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, manager: Managers):
+        self.managers = as_managers(manager)
 
     @_rpc
     def GetModelStatus(self, request, context):
         """Every version this server has tried: AVAILABLE, LOADING or END."""
-        manager = self.manager
         spec = request.model_spec
-        if spec.name != manager.model_name:
+        if spec.name not in self.managers:
             raise _Abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"Could not find any versions of model {spec.name}; this server serves "
-                f"model {manager.model_name!r}",
+                f"{_served(self.managers)}",
             )
+        manager = self.managers[spec.name]
         statuses = manager.statuses()
         if spec.HasField("version"):
             if spec.version.value not in statuses:

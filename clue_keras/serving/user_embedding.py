@@ -210,8 +210,11 @@ class UserEmbedding:
             out = self.predict({input_name: texts[rows]}, output_filter=[output])[output]
         except ServingError as e:
             per_user = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-            if e.code in per_user and len(rows) > 1:
-                mid = len(rows) // 2  # Find the user(s) the model (or the size limit) rejects.
+            # Bisect to find the user(s) the model (or the size limit) rejects; a server
+            # still busy after the client's retries is not bisected (more requests would
+            # not help): its users get the error.
+            if e.code in per_user and not e.busy and len(rows) > 1:
+                mid = len(rows) // 2
                 self._embed_rows(rows[:mid], texts, input_name, output, results, errors)
                 self._embed_rows(rows[mid:], texts, input_name, output, results, errors)
                 return
