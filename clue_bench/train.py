@@ -64,22 +64,75 @@ def matmul_flops_per_s(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> flo
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
-def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float = 0.5,
-                precision: str = "auto", strategy: Optional[tf.distribute.Strategy] = None
-                ) -> Dict[str, object]:
+def build_bench_model(preset: str, batch_size: int, fill: float = 0.5,
+                      precision: str = "auto", steps: int = 20,
+                      strategy: Optional[tf.distribute.Strategy] = None):
+    """(model, dataset, ids, mc, policy) of the training bench: a compiled
+    pre-trainer under ``strategy`` and an endless dataset repeating one synthetic
+    GLOBAL batch ``ids``. Under a multi-worker strategy every worker builds the
+    same batch and keeps its replicas' rows of it (``shard_by_data``), so the
+    global batch equals the single-process one."""
+    from clue_keras.distribute import adapt_keras_model, shard_by_data
+
     mc = get_preset(preset)
     policy = resolve_policy(precision)
     strategy = strategy or tf.distribute.get_strategy()
+    if batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"global batch {batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
     ids = synthetic_batch(mc, batch_size, fill=fill)
-    ds = tf.data.Dataset.from_tensors({"token_ids": ids}).repeat()
+    ds = shard_by_data(tf.data.Dataset.from_tensors({"token_ids": ids}).repeat())
     tc = TrainConfig(batch_size=batch_size, train_steps=10 * steps)
     with strategy.scope():
         model = build_pretrainer(mc, policy)
         model.compile(optimizer=make_optimizer(tc, policy))
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)          # trace + warm up
+    adapt_keras_model(model, strategy)
+    return model, ds, ids, mc, policy
+
+
+def time_fit(model, ds, steps: int, warmup: int = 3) -> float:
+    """Seconds per optimizer step of ``model.fit`` over ``steps`` steps, after
+    ``warmup`` steps that trace and warm up."""
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    step_s = (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps
+
+
+def time_fit_steps(model, ds, steps: int, warmup: int = 3) -> Dict[str, float]:
+    """Like :func:`time_fit`, two ways: ``fit_s_per_step`` is the whole timed
+    ``fit`` call over ``steps`` (its per-call set-up included, as in
+    :func:`time_fit`); ``step_s`` is the steady state, from the end of the
+    first timed step to the end of the last (``steps - 1`` steps; each step's
+    logs are fetched, so the clock waits for the step). Under a multi-worker
+    strategy the steady state also leaves out the workers' different start
+    times, which the first step's collectives absorb."""
+    import keras
+
+    if steps < 2:
+        raise ValueError(f"need at least 2 timed steps, got {steps}")
+    ends = []
+
+    class _Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            tf.nest.map_structure(np.asarray, logs)
+            ends.append(time.perf_counter())
+
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    del ends[:]
+    t0 = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[_Clock()])
+    total = time.perf_counter() - t0
+    return {"fit_s_per_step": total / steps, "step_s": (ends[-1] - ends[0]) / (steps - 1)}
+
+
+def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float = 0.5,
+                precision: str = "auto", strategy: Optional[tf.distribute.Strategy] = None
+                ) -> Dict[str, object]:
+    strategy = strategy or tf.distribute.get_strategy()
+    model, ds, ids, mc, policy = build_bench_model(preset, batch_size, fill, precision,
+                                                   steps, strategy)
+    step_s = time_fit(model, ds, steps)
     compute_dtype = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(
         policy, tf.float32)
     mm = matmul_flops_per_s(compute_dtype)

@@ -36,11 +36,59 @@ def _add_train(bsub) -> None:
     b.add_argument("--fill", type=float, default=0.5,
                    help="share of item/token slots that hold real data in the synthetic batch")
     b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--workers", type=positive_int, default=1,
+                   help="N > 1: N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy) "
+                        "against one process, both on the same global batch --batch-size, "
+                        "with the communication share (default 1: this process alone)")
+    b.add_argument("--warmup", type=positive_int, default=3,
+                   help="--workers > 1: warm-up steps before the timed ones (default 3)")
+    b.add_argument("--timeout", type=float, default=1800.0,
+                   help="--workers > 1: seconds each run of the processes may take before "
+                        "they are stopped with an error (default 1800)")
     add_model_args(b)
     b.set_defaults(func=_run_train)
 
 
+def _print_figures(res) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.4g}"
+        return ", ".join(map(fmt, v)) if isinstance(v, list) else str(v)
+
+    for k, v in res.items():
+        print(f"{k:<34} {fmt(v)}")
+
+
+def _run_train_multiworker(args) -> int:
+    if args.cpu_replicas > 1:
+        print("clue bench train: --workers > 1 runs one CPU replica per worker; "
+              "drop --cpu-replicas", file=sys.stderr)
+        return 2
+    if args.steps < 2 or args.batch_size % args.workers:
+        print(f"clue bench train: --workers {args.workers} needs --steps >= 2 and a "
+              f"--batch-size divisible by it", file=sys.stderr)
+        return 2
+    from clue_bench.train_multiworker import WorkerError, bench_train_multiworker
+
+    try:
+        res = bench_train_multiworker(args.preset, steps=args.steps, batch_size=args.batch_size,
+                                      fill=args.fill, precision=args.precision,
+                                      workers=args.workers, warmup=args.warmup,
+                                      timeout_s=args.timeout)
+    except WorkerError as e:
+        print(f"clue bench train: {e}", file=sys.stderr)
+        return 1
+    _print_figures(res)
+    print(f"\n{args.workers} processes share this machine's {res['cpu_count']} cores: "
+          "this measures the overhead of going multi-worker, not a speed-up.")
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
 def _run_train(args) -> int:
+    if args.workers > 1:
+        return _run_train_multiworker(args)
     from clue_keras.distribute import get_strategy
 
     strategy = get_strategy(args.cpu_replicas)  # before anything else initialises TensorFlow
@@ -49,8 +97,7 @@ def _run_train(args) -> int:
 
     res = bench_train(args.preset, steps=args.steps, batch_size=args.batch_size,
                       fill=args.fill, precision=args.precision, strategy=strategy)
-    for k, v in res.items():
-        print(f"{k:<34} {v:,.4g}" if isinstance(v, float) else f"{k:<34} {v}")
+    _print_figures(res)
     if args.json:
         _write_json(args.json, res)
     return 0
