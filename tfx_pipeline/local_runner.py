@@ -280,12 +280,17 @@ def _failed_components(metadata_path: str, pipeline_name: str) -> List[str]:
 
 def _remove_partial_pushes(config: PipelineConfig, stream) -> None:
     from tfx_pipeline.output_dirs import remove_partial_pushes
+    from tfx_pipeline.pipeline import LOOKUP_PUSHER, PUSHER
 
-    for path, why in remove_partial_pushes(config.metadata_path, config.pipeline_name,
-                                           config.serving_model_dir):
-        print(f"removed {path}: an interrupted push left it half-copied "
-              f"({why.splitlines()[0]})",
-              file=stream, flush=True)
+    targets = [(PUSHER, config.serving_model_dir)]
+    if config.export_lookup:
+        targets.append((LOOKUP_PUSHER, config.lookup_serving_model_dir))
+    for pusher, serving_dir in targets:
+        for path, why in remove_partial_pushes(config.metadata_path, config.pipeline_name,
+                                               serving_dir, pusher):
+            print(f"removed {path}: an interrupted push left it half-copied "
+                  f"({why.splitlines()[0]})",
+                  file=stream, flush=True)
 
 
 def run(config: PipelineConfig, verbose: bool = True, log_dir: Optional[str] = None,

@@ -64,16 +64,16 @@ def check_writable(path: str, what: str) -> None:
                              f"{os.strerror(code)} ({existing})")
 
 
-def _pusher_history(metadata_path: str, pipeline_name: str) -> Tuple[set, Optional[float]]:
-    """(version directories COMPLETE Pushers pushed to, earliest start in seconds of
-    a Pusher execution that did not complete, or None)."""
+def _pusher_history(metadata_path: str, pipeline_name: str,
+                    pusher: str) -> Tuple[set, Optional[float]]:
+    """(version directories COMPLETE executions of the Pusher with id ``pusher``
+    pushed to, earliest start in seconds of one that did not complete, or None)."""
     from ml_metadata.proto import metadata_store_pb2 as pb
 
     from tfx_pipeline.mlmd_query import custom_properties, node_ids, open_store, outputs
-    from tfx_pipeline.pipeline import PUSHER
 
     store = open_store(metadata_path)
-    ids = [i for i, name in node_ids(store, pipeline_name).items() if name == PUSHER]
+    ids = [i for i, name in node_ids(store, pipeline_name).items() if name == pusher]
     pushed, unfinished = set(), []
     for ex in store.get_executions_by_id(ids):
         if ex.last_known_state in (pb.Execution.COMPLETE, pb.Execution.CACHED):
@@ -86,16 +86,20 @@ def _pusher_history(metadata_path: str, pipeline_name: str) -> Tuple[set, Option
     return pushed, (min(unfinished) if unfinished else None)
 
 
-def remove_partial_pushes(metadata_path: str, pipeline_name: str,
-                          serving_dir: str) -> List[Tuple[str, str]]:
-    """Removes version directories an interrupted Pusher left half-copied (rules in
-    the module docstring); returns ``[(directory, why it was not whole)]``."""
+def remove_partial_pushes(metadata_path: str, pipeline_name: str, serving_dir: str,
+                          pusher: Optional[str] = None) -> List[Tuple[str, str]]:
+    """Removes version directories an interrupted Pusher (id ``pusher``, default
+    the encoder's ``Pusher``; the lookup model's is ``LookupPusher``) left
+    half-copied in ``serving_dir`` (rules in the module docstring); returns
+    ``[(directory, why it was not whole)]``."""
     if "://" in serving_dir or not os.path.isdir(serving_dir) \
             or not os.path.exists(metadata_path):
         return []
     from clue_keras.serving.version_dirs import incomplete_reason, list_version_dirs
 
-    pushed, since = _pusher_history(metadata_path, pipeline_name)
+    from tfx_pipeline.pipeline import PUSHER
+
+    pushed, since = _pusher_history(metadata_path, pipeline_name, pusher or PUSHER)
     if since is None:
         return []
     removed = []
