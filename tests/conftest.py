@@ -133,6 +133,12 @@ def model_base(tmp_path) -> ModelBase:
     return ModelBase(str(path))
 
 
+@pytest.fixture
+def model_base_factory(tmp_path) -> Callable[[str], ModelBase]:
+    """``make(name)``: a model base ``<tmp>/<name>`` of this test (not created yet)."""
+    return lambda name: ModelBase(str(tmp_path / name))
+
+
 @pytest.fixture(scope="session")
 def start_serving(tmp_path_factory):
     """``start(source, model_name="clue", base_path=None, local=False, **server_kwargs)``.

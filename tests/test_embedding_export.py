@@ -176,8 +176,8 @@ def _predict(address, model, inputs, signature="serving_default"):
 
 
 @pytest.mark.slow
-def test_one_server_serves_the_encoder_and_the_lookup_from_a_models_config(exported, tmp_path,
-                                                                          capsys):
+def test_one_server_serves_the_encoder_and_the_lookup_from_a_models_config(
+        exported, tmp_path, capsys, model_base_factory):
     """`clue serving-config` names both models; a server started from that file answers
     each by name with its own model, and the lookup equals the encoder over gRPC."""
     import grpc
@@ -185,11 +185,10 @@ def test_one_server_serves_the_encoder_and_the_lookup_from_a_models_config(expor
     from clue_cli import main as cli
     from clue_keras.serving.models_config import read_models_config
     from clue_keras.serving.server import serve
-    from conftest import ModelBase
     from tfx_pipeline.config import ENCODER_MODEL_NAME, LOOKUP_MODEL_NAME
 
     root, data, records, export, _, out = exported
-    encoder_base, lookup_base = ModelBase(str(tmp_path / "clue")), ModelBase(str(tmp_path / "lk"))
+    encoder_base, lookup_base = model_base_factory("clue"), model_base_factory("lk")
     for base, source in ((encoder_base, export),
                          (lookup_base, os.path.join(out.uri, "Format-Serving"))):
         os.makedirs(base.path)
