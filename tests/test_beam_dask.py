@@ -171,6 +171,12 @@ def dask_and_direct(tmp_path_factory):
                      lambda p: pp.build_pipeline(p, pattern, dask_out, params))
             seconds = time.time() - started
             task_workers = {t["worker"] for t in stream.data}
+            # The pipeline's default num_shards=0 ("the runner decides"): Beam's DaskRunner
+            # wrote empty files for it, so preprocessing asks for one shard there.
+            default_shards = str(root / "dask_default_shards")
+            _run(engines.dask_beam_args(cluster.scheduler_address, timeout_s=60),
+                 lambda p: pp.build_pipeline(p, pattern, default_shards,
+                                             dict(params, num_shards=0)))
             # `clue prepare` as a user runs it on the cluster: --beam-arg options.
             cli_argv = ["prepare", "--behaviors", data, "--preset", "tiny", "--min-items", "3",
                         "--min-services", "2", "--eval-percent", "20", "--test-percent", "20"]
@@ -181,7 +187,8 @@ def dask_and_direct(tmp_path_factory):
         cluster.close(timeout=60)
     assert clue_main(cli_argv + ["--out", str(root / "cli_direct")]) == 0
     return direct, dask_out, {"worker_pids": worker_pids, "task_workers": task_workers,
-                              "seconds": seconds, "cli": (root / "cli_direct", root / "cli_dask")}
+                              "seconds": seconds, "cli": (root / "cli_direct", root / "cli_dask"),
+                              "default_shards": default_shards}
 
 
 @pytest.mark.slow
@@ -217,6 +224,13 @@ def test_clue_prepare_with_dask_beam_args_equals_the_direct_run(dask_and_direct)
     assert expected["users_train"] > 0
     services = load_vocab_info(str(direct / pp.VOCAB_DIRNAME)).services
     assert _records(str(direct), services) == _records(str(on_dask), services)
+
+
+@pytest.mark.slow
+def test_dask_with_runner_decided_shards_writes_every_record(dask_and_direct):
+    direct, _, run = dask_and_direct
+    services = load_vocab_info(os.path.join(direct, pp.VOCAB_DIRNAME)).services
+    assert _records(run["default_shards"], services) == _records(direct, services)
 
 
 @pytest.mark.slow

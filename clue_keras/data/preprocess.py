@@ -31,6 +31,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 import tensorflow as tf
 
 from clue_keras.atomic import write_json_atomic
@@ -294,6 +295,15 @@ def _sum(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
             | label >> beam.CombineGlobally(sum))
 
 
+def _num_shards(p: beam.Pipeline, params: Dict[str, Any]) -> int:
+    """``params["num_shards"]``; 0 or absent lets the runner decide, except on Dask,
+    whose runner writes empty files for a runner-decided count (seen with Beam
+    2.74): there one shard per split."""
+    shards = int(params.get("num_shards") or 0)
+    runner = str(p.options.view_as(StandardOptions).runner or "")
+    return shards or (1 if runner.endswith("DaskRunner") else 0)
+
+
 def _named(value: Any, name: str) -> Tuple[str, Any]:
     return name, value
 
@@ -345,7 +355,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     `BehaviorPreprocessSpec` parameters: ``max_items``, ``max_tokens``,
     ``vocab_size``, ``min_items_per_user``, ``min_services_per_user``,
     ``eval_percent``, ``test_percent``, ``bpe_sample_size``, ``num_shards``
-    (0 or absent: the runner decides) and ``max_text_bytes`` (absent or None:
+    (0 or absent: the runner decides; on Dask one) and ``max_text_bytes`` (absent or None:
     `DEFAULT_MAX_TEXT_BYTES`; 0: no cap).
     """
     max_items, max_tokens = int(params["max_items"]), int(params["max_tokens"])
@@ -391,7 +401,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
             os.path.join(output_uri, f"Split-{split}", OUTPUT_PREFIX),
             file_name_suffix=".gz",
             compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-            num_shards=int(params.get("num_shards") or 0))
+            num_shards=_num_shards(p, params))
         counts[f"users_{split}"] = _count(encoded, f"CountUsers[{split}]")
         counts[f"items_{split}"] = _sum(split_users, lambda u: u[1].n_items, f"SumItems[{split}]")
     _ = p | "WriteStats" >> WriteStats(  # pylint: disable=no-value-for-parameter
