@@ -56,6 +56,17 @@ def margin(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def confidence(text: str) -> float:
+    """argparse type: a confidence level in (0.5, 1), e.g. 0.95."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.5 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0.5, 1), e.g. 0.95; got {text}")
+    return value
+
+
 def comma_ints(text: str) -> List[int]:
     """Comma-separated integers (empty items ignored); ValueError on anything else."""
     return [int(c) for c in text.split(",") if c.strip()]

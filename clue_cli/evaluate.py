@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from clue_cli._args import confidence
 from tfx_pipeline.config import PipelineConfig
 
 #: The same default as `clue run` (PipelineConfig.eval_epochs).
@@ -47,6 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--margin-over-toppop", type=float, default=0.0)
     p.add_argument("--margin-over-untrained", type=float, default=0.0)
+    p.add_argument("--blessing-confidence", type=confidence, default=0.95, metavar="C",
+                   help="confidence of the paired bootstrap bound the blessing needs above "
+                        "each margin (default %(default)s)")
     p.add_argument("--no-sequence-models", action="store_true",
                    help="skip T-UBM (BST) and Hybrid (faster)")
     p.set_defaults(func=_run)
@@ -61,6 +65,7 @@ def _run(args) -> int:
                                  margin_over_toppop=args.margin_over_toppop,
                                  margin_over_untrained=args.margin_over_untrained,
                                  sequence_models=not args.no_sequence_models,
+                                 confidence=args.blessing_confidence,
                                  progress=sys.stdout)  # a bar per model, or lines
     print(outcome.table.to_markdown())
     print()

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import sys
 
-from clue_cli._args import add_beam_arg, margin, non_negative_int, positive_int
+from clue_cli._args import add_beam_arg, confidence, margin, non_negative_int, positive_int
 from clue_cli.train import add_schedule_args
 from clue_keras.config import PRECISIONS
 from tfx_pipeline.config import DEFAULT_EVAL_TASK, FORMAT_EXTENSIONS, PipelineConfig
@@ -95,6 +95,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    metavar="MRR|none",
                    help="required MRR lead over the untrained encoder; 'none' skips "
                         "(default %(default)s)")
+    e.add_argument("--blessing-confidence", type=confidence,
+                   default=_D["blessing_confidence"], metavar="C",
+                   help="the blessing needs the lower bound of the paired bootstrap interval "
+                        "at this confidence above each margin (default %(default)s)")
     e.add_argument("--no-sequence-models", action="store_true",
                    help="skip T-UBM (BST) and Hybrid in the evaluation (faster)")
     e.add_argument("--no-evaluate", action="store_true",
@@ -122,7 +126,11 @@ def add_parser(sub) -> None:
                                   "generated into ROOT/data when omitted")
     p.add_argument("--root", default=DEFAULT_ROOT,
                    help="run directory: pipeline outputs, metadata.db, data (default %(default)s)")
-    p.add_argument("--serving-dir", help="Pusher destination (default ROOT/serving)")
+    p.add_argument("--serving-dir", help="Pusher destination (default ROOT/serving); "
+                                         "a gs:// URI works too")
+    p.add_argument("--pipeline-root", metavar="URI",
+                   help="the components' outputs (default ROOT/pipeline); e.g. gs://B/root, "
+                        "while ROOT (lock, metadata.db, logs) stays local")
     p.add_argument("--users", type=int, default=SYNTH_USERS,
                    help="synthetic users when --data is omitted")
     p.add_argument("--seed", type=int, default=SYNTH_SEED, help="synthetic data seed")
@@ -177,6 +185,7 @@ def _common_fields(args) -> dict:
         eval_epochs=args.eval_epochs, eval_seed=args.eval_seed,
         margin_over_toppop=args.margin_over_toppop,
         margin_over_untrained=args.margin_over_untrained,
+        blessing_confidence=args.blessing_confidence,
         eval_sequence_models=not args.no_sequence_models)
 
 
@@ -207,7 +216,9 @@ def _run_locked(args, root: str) -> int:
         from clue_keras.distribute import configure_logical_cpus
 
         configure_logical_cpus(args.cpu_replicas)
-    data = (os.path.abspath(args.data) if args.data
+    from clue_keras.uri import abspath
+
+    data = (abspath(args.data) if args.data
             else synthetic_data(os.path.join(root, "data"), args.users, args.seed))
     input_dir, fmt, pattern = detect_format(data)
     if not _preflight_logs(os.path.join(input_dir, pattern), args.preflight_rows):
@@ -218,11 +229,11 @@ def _run_locked(args, root: str) -> int:
     # SchemaGen to ImportSchemaGen by itself would re-run every later component once.
     for key in ("eval_task_path", "schema_path", "lookup_serving_dir"):
         if fields[key]:
-            fields[key] = os.path.abspath(fields[key])
+            fields[key] = abspath(fields[key])
     config = PipelineConfig(
-        pipeline_root=os.path.join(root, "pipeline"),
+        pipeline_root=abspath(args.pipeline_root or os.path.join(root, "pipeline")),
         data_root=input_dir, data_format=fmt, file_pattern=pattern,
-        serving_model_dir=os.path.abspath(args.serving_dir or os.path.join(root, "serving")),
+        serving_model_dir=abspath(args.serving_dir or os.path.join(root, "serving")),
         metadata_path=os.path.join(root, "metadata", "metadata.db"), **fields)
     if config.evaluate:
         try:
@@ -267,10 +278,12 @@ def _checked_task(config: PipelineConfig, task_arg) -> PipelineConfig:
     """Validates the task before any component runs (`clue_keras.data.validate.validate_task`:
     columns, ids, timestamps, every item with a text) and names its files in the config:
     the interactions file and the directory's catalogue file, if any."""
+    import tensorflow as tf
+
     from clue_keras.data.validate import validate_task
 
     path = config.evaluation_task_path
-    if task_arg and not os.path.exists(path) and os.path.basename(task_arg) == task_arg:
+    if task_arg and not tf.io.gfile.exists(path) and os.path.basename(task_arg) == task_arg:
         path = os.path.join(config.dataset_root, "downstream", task_arg)  # a bare task name
     report = validate_task(path)
     print(f"downstream task {report.interactions}: {report.rows} interactions, {report.users} "

@@ -39,8 +39,10 @@ class EvaluationOutcome:
 def default_behaviors_dir(task: str) -> str:
     """The `clue synth` data directory of a task: ``DATA/downstream/<task>`` (or a file
     in it) -> ``DATA``."""
-    folder = os.path.abspath(task)
-    if os.path.isfile(folder):
+    from clue_keras.uri import abspath, isfile
+
+    folder = abspath(task).rstrip("/")
+    if isfile(folder):
         folder = os.path.dirname(folder)
     return os.path.dirname(os.path.dirname(folder))
 
@@ -48,8 +50,10 @@ def default_behaviors_dir(task: str) -> str:
 def task_label(task: str) -> str:
     """A task's name for the table: its directory's name, or its file's name up to the
     first dot (``.../movies`` -> ``movies``, ``.../views.csv.gz`` -> ``views``)."""
+    from clue_keras.uri import isfile
+
     name = os.path.basename(task.rstrip("/"))
-    return name.split(".")[0] if os.path.isfile(task) else name
+    return name.split(".")[0] if isfile(task) else name
 
 
 def export_untrained(model_dir: str, out_dir: str, seed: int = 0) -> str:
@@ -99,8 +103,8 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
                    task_examples: Optional[Sequence[str]] = None,
                    catalogue_examples: Optional[Sequence[str]] = None,
                    task_name: Optional[str] = None, min_items: int = 2,
-                   min_services: int = 1, progress: Optional[TextIO] = None
-                   ) -> EvaluationOutcome:
+                   min_services: int = 1, progress: Optional[TextIO] = None,
+                   confidence: Optional[float] = None) -> EvaluationOutcome:
     """Evaluates the CLUE SavedModel at ``model_dir`` on one downstream task.
 
     The task: ``task``, a file or directory (`clue_tfrs.tasks.load_task`), or
@@ -118,6 +122,7 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
 
     With ``out_dir``, results.json / results.md / results.png are written there.
     ``progress``: stream for the downstream models' fitting progress (None: none).
+    ``confidence``: of the paired bootstrap bounds (None: ``config``'s, 0.95).
     """
     name = task_name or (task_label(task) if task else "task")
     interactions, catalogue = _load_task(task, task_examples, catalogue_examples, name)
@@ -134,6 +139,8 @@ def run_evaluation(model_dir: str, task: Optional[str] = None, out_dir: Optional
     log.info("user features for %d of the task's %d users (the rest are cold-start)",
              len(sets["CLUE"][0]), len(users))
     cfg = config or EvalConfig()
+    if confidence is not None:
+        cfg = dataclasses.replace(cfg, confidence=float(confidence))
     if not sequence_models:
         cfg = dataclasses.replace(cfg, run_sequence_models=False)
     table = evaluate_task(interactions, catalogue, sets, seed=seed, epochs=epochs,

@@ -196,3 +196,27 @@ def test_results_json_keeps_the_per_example_ranks(tmp_path):
     assert "Paired differences (bootstrap over the 150 test users, 2000 resamples" in md
     assert re.search(r"\* U-MLP \(CLUE\) MRR 0\.\d{4} vs TopPop 0\.\d{4}: \+0\.\d{4} "
                      r"\[95% CI \+0\.\d{4}, \+0\.\d{4}\]", md)
+
+
+def test_the_confidence_level_decides_a_small_lead():
+    """A lead whose one-sided 60% bound is above zero and whose 99.9% bound is not:
+    the level chosen (`clue run --blessing-confidence`) decides, and the reason says
+    which level was used."""
+    rng = np.random.default_rng(4)
+    n = len(USERS)
+    base = _ranks(rng, n, 6.0) + 1
+    # Each positive one place up (16%), down (24%) or kept: a small mean lead in MRR
+    # (1/rank gains more going up than it loses going down), and noisy.
+    clue = np.clip(base + rng.choice([-1, 0, 1], size=n, p=[0.16, 0.60, 0.24]), 0, K)
+    table = _table({"TopPop": base + 5, "U-MLP (CLUE)": clue, "U-MLP (Untrained)": base}, USERS)
+    loose = table.paired_comparisons(confidence=0.6)
+    strict = table.paired_comparisons(confidence=0.999)
+    pick = lambda cs: next(c for c in cs if (c["model"], c["baseline"]) ==  # noqa: E731
+                           ("U-MLP (CLUE)", "U-MLP (Untrained)"))
+    assert pick(strict)["lower"] <= 0 < pick(loose)["lower"], (pick(strict), pick(loose))
+    table.info["paired"] = loose
+    blessed, reason = blessing_decision(table)
+    assert blessed and "[60% CI" in reason, reason
+    table.info["paired"] = strict
+    blessed, reason = blessing_decision(table)
+    assert not blessed and "[99.9% CI" in reason, reason

@@ -30,9 +30,10 @@ def test_component_spec_carries_the_gate_settings_and_takes_the_data_as_artifact
                           _channel(standard_artifacts.Examples))
     c = ClueEvaluator(model=model, user_examples=users, task=task, task_name="movies",
                       epochs=2, seed=5, margin_over_toppop=0.01, margin_over_untrained=None,
-                      sequence_models=False)
+                      sequence_models=False, confidence=0.9)
     p = c.exec_properties
     assert (p["task_name"], p["epochs"], p["seed"], p["sequence_models"]) == ("movies", 2, 5, 0)
+    assert p["confidence"] == 0.9
     assert p["margin_over_toppop"] == 0.01 and p["margin_over_untrained"] is None
     assert "task_dir" not in p and "data_dir" not in p  # the data are input artifacts
     assert set(c.inputs) == {"model", "user_examples", "task"}
@@ -45,13 +46,18 @@ def test_component_spec_carries_the_gate_settings_and_takes_the_data_as_artifact
     assert set(with_catalogue.inputs) == {"model", "user_examples", "task", "catalogue"}
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         ClueEvaluator(model=model, user_examples=users, task=task, epochs=0)
+    with pytest.raises(ValueError, match=r"confidence must be in \(0.5, 1\), got 1.5"):
+        ClueEvaluator(model=model, user_examples=users, task=task, confidence=1.5)
 
 
 def test_evaluation_params_validate_and_name_the_property():
     p = ex.evaluation_params({"task_name": "movies", "epochs": 2, "seed": 1,
                               "margin_over_toppop": None, "sequence_models": 0})
     assert p == {"task_name": "movies", "epochs": 2, "seed": 1, "margin_over_toppop": None,
-                 "margin_over_untrained": None, "sequence_models": False}
+                 "margin_over_untrained": None, "sequence_models": False, "confidence": 0.95}
+    assert ex.evaluation_params({"confidence": 0.99})["confidence"] == 0.99
+    with pytest.raises(ex.EvaluationConfigError, match="confidence must be in"):
+        ex.evaluation_params({"confidence": 0.3})
     assert ex.evaluation_params({})["task_name"] == "task"
     with pytest.raises(ex.EvaluationConfigError, match="epochs must be >= 1, got 0"):
         ex.evaluation_params({"epochs": 0})
@@ -109,7 +115,7 @@ def test_split_params_separates_the_gate_from_the_evaluation():
     params = ex.evaluation_params({"task_name": "t", "margin_over_toppop": 0.5})
     run, gate = ex.split_params(params)
     assert gate == {"margin_over_toppop": 0.5, "margin_over_untrained": None}
-    assert set(run) == {"task_name", "epochs", "seed", "sequence_models"}
+    assert set(run) == {"task_name", "epochs", "seed", "sequence_models", "confidence"}
 
 
 RESULTS = {

@@ -150,6 +150,9 @@ class PipelineConfig:
         features exceeds TopPop's by more than this; None skips the check.
       margin_over_untrained: ... and exceeds U-MLP on untrained-encoder
         features by more than this; None skips the check.
+      blessing_confidence: "exceeds" means the lower bound of the one-sided
+        paired bootstrap interval of the per-positive MRR difference, at this
+        confidence, is above the margin (in (0.5, 1); default 0.95).
       eval_sequence_models: also train T-UBM (BST) and Hybrid (slower).
       export_lookup: with ``evaluate``, add EmbeddingExport (every kept user's
         embedding, computed with Beam from BehaviorPreprocess's records, and the
@@ -191,6 +194,7 @@ class PipelineConfig:
     eval_seed: int = 0
     margin_over_toppop: Optional[float] = 0.0
     margin_over_untrained: Optional[float] = 0.0
+    blessing_confidence: float = 0.95
     eval_sequence_models: bool = True
     export_lookup: bool = True
     lookup_serving_dir: Optional[str] = None

@@ -129,6 +129,7 @@ def _make_evaluator(config: PipelineConfig, trainer: base_node.BaseNode, user_ex
         margin_over_toppop=config.margin_over_toppop,
         margin_over_untrained=config.margin_over_untrained,
         sequence_models=config.eval_sequence_models,
+        confidence=config.blessing_confidence,
     ).with_id(EVALUATOR)
 
 

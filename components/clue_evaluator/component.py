@@ -55,6 +55,8 @@ class ClueEvaluatorSpec(types.ComponentSpec):
         "margin_over_untrained": ExecutionParameter(type=float, optional=True),
         # 1: also train T-UBM (BST) and Hybrid; 0: skip them (faster).
         "sequence_models": ExecutionParameter(type=int),
+        # Confidence of the paired bootstrap bound the blessing needs above the margin.
+        "confidence": ExecutionParameter(type=float, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -86,6 +88,7 @@ class ClueEvaluator(base_component.BaseComponent):
         margin_over_toppop: Optional[float] = 0.0,
         margin_over_untrained: Optional[float] = 0.0,
         sequence_models: bool = True,
+        confidence: float = 0.95,
     ):
         """Builds the component.
 
@@ -102,9 +105,13 @@ class ClueEvaluator(base_component.BaseComponent):
             None skips the comparison.
           margin_over_untrained: MRR margin over U-MLP (Untrained); None skips.
           sequence_models: also train T-UBM (BST) and Hybrid.
+          confidence: the blessing needs the lower bound of the one-sided paired
+            bootstrap interval at this confidence above each margin; in (0.5, 1).
         """
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if not 0.5 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
         spec = ClueEvaluatorSpec(
             model=model, user_examples=user_examples, task=task, catalogue=catalogue,
             task_name=task_name, epochs=int(epochs), seed=int(seed),
@@ -112,6 +119,7 @@ class ClueEvaluator(base_component.BaseComponent):
             margin_over_untrained=(None if margin_over_untrained is None
                                    else float(margin_over_untrained)),
             sequence_models=int(bool(sequence_models)),
+            confidence=float(confidence),
             evaluation=channel_utils.as_channel([standard_artifacts.ModelEvaluation()]),
             blessing=channel_utils.as_channel([standard_artifacts.ModelBlessing()]),
         )

@@ -75,6 +75,7 @@ PARAMETER_DEFAULTS: Dict[str, Any] = {
     "margin_over_toppop": None,
     "margin_over_untrained": None,
     "sequence_models": 1,
+    "confidence": 0.95,
 }
 
 #: The parameters of the blessing rule (the rest go to `run_evaluation`).
@@ -96,6 +97,10 @@ def evaluation_params(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     p = {k: exec_properties.get(k, d) for k, d in PARAMETER_DEFAULTS.items()}
     if p["epochs"] is None or int(p["epochs"]) < 1:
         raise EvaluationConfigError(f"ClueEvaluator: epochs must be >= 1, got {p['epochs']}")
+    confidence = PARAMETER_DEFAULTS["confidence"] if p["confidence"] is None else p["confidence"]
+    if not 0.5 < float(confidence) < 1.0:
+        raise EvaluationConfigError(
+            f"ClueEvaluator: confidence must be in (0.5, 1), got {confidence}")
     return {
         "task_name": str(p["task_name"] or PARAMETER_DEFAULTS["task_name"]),
         "epochs": int(p["epochs"]),
@@ -103,6 +108,7 @@ def evaluation_params(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
         "margin_over_toppop": _margin(p["margin_over_toppop"]),
         "margin_over_untrained": _margin(p["margin_over_untrained"]),
         "sequence_models": bool(int(p["sequence_models"])),
+        "confidence": float(confidence),
     }
 
 
