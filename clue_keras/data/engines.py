@@ -37,6 +37,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 #: `clue_keras.data.dask_runner.DaskRunner` (Beam's, bundles fixed); Beam 2.74's own
 #: has no short name either.
@@ -102,9 +103,20 @@ def remove_write_leftovers(written: Iterable[str]) -> List[str]:
     runner that recomputes side inputs (Dask) leaves any."""
     import tensorflow as tf
 
+    from clue_keras.uri import glob  # matches gs:// directories too
+
     removed = []
     for folder in sorted({os.path.dirname(f) for f in written}):
-        for leftover in sorted(tf.io.gfile.glob(os.path.join(folder, "beam-temp-*"))):
+        for leftover in glob(os.path.join(folder, "beam-temp-*")):
             tf.io.gfile.rmtree(leftover)
             removed.append(leftover)
     return removed
+
+
+def num_shards(p: beam.Pipeline, params: Dict[str, Any]) -> int:
+    """``params["num_shards"]``; 0 or absent lets the runner decide, except on Dask,
+    whose runner writes empty files for a runner-decided count (seen with Beam
+    2.74): there one shard per split."""
+    shards = int(params.get("num_shards") or 0)
+    runner = str(p.options.view_as(StandardOptions).runner or "")
+    return shards or (1 if runner.endswith("DaskRunner") else 0)

@@ -31,11 +31,11 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
 import tensorflow as tf
 
 from clue_keras.atomic import write_json_atomic
-from clue_keras.data.engines import ReadTFRecords, remove_write_leftovers, select_tags
+from clue_keras.data.engines import (ReadTFRecords, num_shards, remove_write_leftovers,
+                                      select_tags)
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
 from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
@@ -295,15 +295,6 @@ def _sum(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
             | label >> beam.CombineGlobally(sum))
 
 
-def _num_shards(p: beam.Pipeline, params: Dict[str, Any]) -> int:
-    """``params["num_shards"]``; 0 or absent lets the runner decide, except on Dask,
-    whose runner writes empty files for a runner-decided count (seen with Beam
-    2.74): there one shard per split."""
-    shards = int(params.get("num_shards") or 0)
-    runner = str(p.options.view_as(StandardOptions).runner or "")
-    return shards or (1 if runner.endswith("DaskRunner") else 0)
-
-
 def _named(value: Any, name: str) -> Tuple[str, Any]:
     return name, value
 
@@ -401,7 +392,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
             os.path.join(output_uri, f"Split-{split}", OUTPUT_PREFIX),
             file_name_suffix=".gz",
             compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-            num_shards=_num_shards(p, params))
+            num_shards=num_shards(p, params))
         counts[f"users_{split}"] = _count(encoded, f"CountUsers[{split}]")
         counts[f"items_{split}"] = _sum(split_users, lambda u: u[1].n_items, f"SumItems[{split}]")
     _ = p | "WriteStats" >> WriteStats(  # pylint: disable=no-value-for-parameter
