@@ -2,15 +2,28 @@
 
 Files go to a temporary name in the same directory and are renamed into place;
 directories (SavedModels) are built under a temporary sibling and renamed.
-Paths with a scheme (``gs://...``) go through ``tf.io.gfile`` (text and JSON
-only; ``atomic_file`` and ``atomic_dir`` are for local paths).
+
+Paths with a scheme (``gs://...``, anything ``tf.io.gfile`` reaches) work too:
+
+* a file is written (or, for ``atomic_file``, built locally and copied) under a
+  temporary name in the destination directory, then renamed with
+  ``tf.io.gfile.rename``. On GCS a rename is copy + delete, not atomic, but an
+  object only appears once its upload has finished, so a reader still never
+  sees a partial file (what is lost is atomic no-clobber);
+* a directory cannot be renamed on GCS, so ``atomic_dir`` builds it in a LOCAL
+  temporary directory and then copies it file by file to the final place,
+  the completion markers (``COMMIT_FILES``: ``saved_model.pb``,
+  ``manifest.json``) last: a reader that waits for the marker never sees a
+  partial directory; a crash mid-copy leaves a directory without its marker.
 
 * ``write_text_atomic`` / ``write_json_atomic``: a whole text / JSON file;
-* ``atomic_file``: a temporary file path for a writer that wants a path
-  (``savefig``, ``to_parquet``), renamed into place on success;
-* ``atomic_dir``: a temporary directory to build in, renamed into place on
-  success (optionally replacing a previous one only then);
-* ``publish_dir``: the rename step alone, for a directory built elsewhere.
+* ``atomic_file``: a temporary (local) file path for a writer that wants a
+  path (``savefig``, ``to_parquet``), moved into place on success;
+* ``atomic_dir``: a temporary (local) directory to build in, moved into place
+  on success (optionally replacing a previous one only then);
+* ``publish_dir``: the move step alone, for a directory built elsewhere;
+* ``is_remote`` / ``abspath`` (from ``clue_keras.uri``): a path with a scheme /
+  ``os.path.abspath`` that leaves such a path alone.
 """
 
 from __future__ import annotations
@@ -20,23 +33,52 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Any, Iterator
 
+from clue_keras.uri import abspath, is_remote  # noqa: F401  (re-exported)
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+
+# Written last when a directory is copied to a remote file system: their presence
+# says the directory is complete (a SavedModel's graph; an embedding table's manifest).
+COMMIT_FILES = ("saved_model.pb", "manifest.json")
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _remote_tmp_name(path: str) -> str:
+    directory, name = path.rsplit("/", 1)
+    return f"{directory}/.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+
+
+def _remote_put(write, path: str) -> None:
+    """``write(tmp)`` creates a temporary object next to ``path``; it is renamed to
+    ``path`` (replacing it) or, on an exception, removed."""
+    gfile = _gfile()
+    tmp = _remote_tmp_name(path)
+    try:
+        write(tmp)
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if gfile.exists(tmp):
+                gfile.remove(tmp)
+        raise
 
 
 def write_text_atomic(path: str, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` through a temporary file in the same directory."""
     directory = os.path.dirname(path) or "."
-    if _is_remote(path):
-        import tensorflow as tf
+    if is_remote(path):
+        def write(tmp):
+            with _gfile().GFile(tmp, "w") as f:
+                f.write(text)
 
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        _remote_put(write, path)
         return
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
@@ -56,9 +98,66 @@ def write_json_atomic(path: str, obj: Any, ensure_ascii: bool = True) -> None:
                                        ensure_ascii=ensure_ascii) + "\n")
 
 
+def upload_dir(local_dir: str, remote_dir: str) -> None:
+    """Copies the files under ``local_dir`` to ``remote_dir`` (any ``tf.io.gfile``
+    path), the ``COMMIT_FILES`` last; existing files are replaced."""
+    gfile = _gfile()
+    files = []
+    for root, _dirs, names in os.walk(local_dir):
+        rel = os.path.relpath(root, local_dir)
+        for name in names:
+            files.append(name if rel == "." else os.path.join(rel, name))
+    files.sort(key=lambda f: (os.path.basename(f) in COMMIT_FILES, f))
+    gfile.makedirs(remote_dir)
+    for rel in files:
+        dst = remote_dir.rstrip("/") + "/" + rel.replace(os.sep, "/")
+        parent = dst.rsplit("/", 1)[0]
+        if not gfile.isdir(parent):
+            gfile.makedirs(parent)
+        gfile.copy(os.path.join(local_dir, rel), dst, overwrite=True)
+
+
+def _remove_remote_dir(remote_dir: str) -> None:
+    """Removes ``remote_dir``, its ``COMMIT_FILES`` first (so a reader that checks
+    them stops trusting it before anything else goes)."""
+    gfile = _gfile()
+    for root, _dirs, names in gfile.walk(remote_dir):
+        for name in names:
+            if name in COMMIT_FILES:
+                gfile.remove(root.rstrip("/") + "/" + name)
+    gfile.rmtree(remote_dir)
+
+
+def _check_final(final_dir: str, overwrite: bool) -> bool:
+    """Whether a non-empty ``final_dir`` is there to replace (any file system)."""
+    if is_remote(final_dir):
+        gfile = _gfile()
+        exists, isdir = gfile.exists(final_dir), gfile.isdir(final_dir)
+        listdir = gfile.listdir
+    else:
+        exists, isdir = os.path.exists(final_dir), os.path.isdir(final_dir)
+        listdir = os.listdir
+    if exists and not isdir:
+        raise FileExistsError(f"output path {final_dir} exists and is not a directory")
+    replacing = isdir and bool(listdir(final_dir))
+    if replacing and not overwrite:
+        raise FileExistsError(f"refusing to overwrite non-empty directory {final_dir}")
+    return replacing
+
+
 def publish_dir(tmp_dir: str, final_dir: str) -> str:
     """Renames a finished ``tmp_dir`` to ``final_dir`` (absent or an empty directory,
-    as TFX pre-creates it); on failure removes ``tmp_dir`` and re-raises."""
+    as TFX pre-creates it); on failure removes ``tmp_dir`` and re-raises.
+
+    A remote ``final_dir`` gets a copy of the (local) ``tmp_dir``, markers last
+    (``upload_dir``); ``tmp_dir`` is removed afterwards."""
+    if is_remote(final_dir):
+        try:
+            _check_final(final_dir, overwrite=False)
+            upload_dir(tmp_dir, final_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        return final_dir
     try:
         if os.path.isdir(final_dir):
             os.rmdir(final_dir)  # only if empty: never clobbers an existing export
@@ -74,6 +173,17 @@ def atomic_file(path: str) -> Iterator[str]:
     """Yields a temporary path next to ``path`` (same directory); on a normal exit
     it is renamed to ``path``, on an exception it is removed and ``path`` is untouched.
     A caller that deletes the temporary file publishes nothing."""
+    if is_remote(path):  # a local temporary file, copied next to ``path`` and renamed
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-")
+        os.close(fd)
+        try:
+            yield tmp
+            if os.path.exists(tmp):
+                _remote_put(lambda t: _gfile().copy(tmp, t, overwrite=True), path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
@@ -113,16 +223,27 @@ def atomic_dir(final_dir: str, prefix: str = ".tmp-", overwrite: bool = False) -
     pre-creates output directories); with ``overwrite`` a non-empty one is
     replaced, but only once the new one is complete.
 
+    A remote ``final_dir`` (``gs://``, where a directory cannot be renamed):
+    the temporary directory is LOCAL; on success it is copied to
+    ``final_dir`` with the ``COMMIT_FILES`` last (a replaced directory loses
+    its markers first, then the rest), then removed.
+
     Raises:
       FileExistsError: ``final_dir`` is not empty (and not ``overwrite``), or
         is a file.
     """
-    final_dir = os.path.abspath(final_dir)
-    if os.path.exists(final_dir) and not os.path.isdir(final_dir):
-        raise FileExistsError(f"output path {final_dir} exists and is not a directory")
-    replacing = os.path.isdir(final_dir) and bool(os.listdir(final_dir))
-    if replacing and not overwrite:
-        raise FileExistsError(f"refusing to overwrite non-empty directory {final_dir}")
+    final_dir = abspath(final_dir)
+    replacing = _check_final(final_dir, overwrite)
+    if is_remote(final_dir):
+        tmp = tempfile.mkdtemp(prefix=prefix)
+        try:
+            yield tmp
+            if replacing:
+                _remove_remote_dir(final_dir)
+            upload_dir(tmp, final_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)

@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from clue_keras.atomic import atomic_dir
+from clue_keras.atomic import abspath, atomic_dir
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.pretrainer import CLUEPretrainer
 from clue_keras.serving.model_info import METADATA_SIGNATURE, ModelInfo
@@ -220,7 +220,7 @@ def export_saved_model(model: Union[CLUEPretrainer, CLUEEncoder], vocab_dir: str
     before the directory is renamed into place.
     """
     encoder = model.encoder if isinstance(model, CLUEPretrainer) else model
-    export_dir = os.path.abspath(export_dir)
+    export_dir = abspath(export_dir)  # a gs:// one: built locally, then copied (atomic_dir)
     info = model_info(encoder, vocab_dir, preset, fingerprint)
     with atomic_dir(export_dir, prefix=".tmp-export-") as tmp:
         module = CLUEServingModule(encoder, vocab_dir, info)
@@ -240,7 +240,7 @@ def encoder_from_export(export_dir: str, seed: int = 0) -> CLUEEncoder:
     """
     import keras
 
-    with open(os.path.join(export_dir, "assets", MODEL_CONFIG_ASSET)) as f:
+    with tf.io.gfile.GFile(os.path.join(export_dir, "assets", MODEL_CONFIG_ASSET)) as f:
         config = json.load(f)
     keras.utils.set_random_seed(seed)
     config.pop("name", None)

@@ -341,8 +341,8 @@ def train(
             raise
     final_loss = progress.history[-1]["loss"] if progress.history else float("nan")
     previous = os.path.join(model_dir, "train_result.json")
-    if not progress.history and os.path.exists(previous):  # already finished earlier
-        with open(previous) as f:
+    if not progress.history and tf.io.gfile.exists(previous):  # already finished earlier
+        with tf.io.gfile.GFile(previous) as f:
             final_loss = json.load(f).get("final_loss", final_loss)
     steps = int(model.optimizer.iterations.numpy())
     best_step, best_loss = state.best
@@ -379,9 +379,14 @@ def train(
 
 
 def save_keras_atomic(model: keras.Model, path: str) -> None:
+    """``model.save`` under a temporary name next to ``path``, then renamed
+    (``tf.io.gfile.rename`` for a ``gs://`` path: an object appears only once uploaded)."""
     tmp = path + ".tmp.keras"
     model.save(tmp)
-    os.replace(tmp, path)
+    if "://" in path:
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    else:
+        os.replace(tmp, path)
 
 
 def load_pretrainer(path: str) -> CLUEPretrainer:

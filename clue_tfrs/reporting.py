@@ -250,9 +250,12 @@ def results_json(table: ResultsTable) -> str:
 def write_results(table: ResultsTable, out_dir: str) -> Dict[str, str]:
     """Writes results.json, results.md and results.png atomically.
 
-    Returns {"json": path, "md": path, "png": path}.
+    Returns {"json": path, "md": path, "png": path}. ``out_dir`` may be a
+    ``tf.io.gfile`` URI (``gs://...``).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(out_dir)
     paths = {
         "json": os.path.join(out_dir, "results.json"),
         "md": os.path.join(out_dir, "results.md"),

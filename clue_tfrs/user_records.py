@@ -42,8 +42,10 @@ def record_files(records: Union[str, Sequence[str]]) -> List[str]:
     """
     import tensorflow as tf
 
+    from clue_keras.uri import glob
+
     if isinstance(records, str) and tf.io.gfile.isdir(records):
-        files = sorted(f for f in tf.io.gfile.glob(os.path.join(records, SPLIT_GLOB))
+        files = sorted(f for f in glob(os.path.join(records, SPLIT_GLOB))
                        if not tf.io.gfile.isdir(f))
         if not files:
             raise FileNotFoundError(

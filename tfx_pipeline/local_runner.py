@@ -166,6 +166,8 @@ class RunSummary:
 def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
     """Summarises the newest run of ``pipeline_name`` recorded in ``metadata_path``."""
     from ml_metadata.proto import metadata_store_pb2
+    from tfx.dsl.io import fileio
+
     from tfx_pipeline import pipeline as p
 
     store = _store(metadata_path)
@@ -199,8 +201,8 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
         if outs.get("model_run"):
             model_run_uri = outs["model_run"][0].uri
             path = os.path.join(model_run_uri, "train_result.json")
-            if os.path.exists(path):
-                with open(path) as f:
+            if fileio.exists(path):
+                with fileio.open(path) as f:
                     train_result = json.load(f)
                 train_result.pop("history", None)
     blessed = pushed_to = reason = evaluation_uri = table = None
@@ -216,9 +218,9 @@ def summarize(metadata_path: str, pipeline_name: str) -> RunSummary:
             props = _custom(outs["evaluation"][0])
             mrr = {k[len("mrr/"):]: v for k, v in props.items() if k.startswith("mrr/")}
             path = os.path.join(evaluation_uri, "results.md")
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    table = f.read()
+            if fileio.exists(path):
+                with fileio.open(path, "rb") as f:
+                    table = f.read().decode("utf-8")
     if p.PUSHER in by_node:
         pushed = _outputs(store, by_node[p.PUSHER].id).get("pushed_model", [])
         if pushed and _custom(pushed[0]).get("pushed"):
@@ -250,6 +252,8 @@ def keep_inferred_schema(metadata_path: str, pipeline_name: str, schema_file: st
     as ``PipelineConfig.schema_path`` validate new logs against it, so a lost
     column or a changed type stops the run at ExampleValidator.
     """
+    from tfx.dsl.io import fileio
+
     from clue_keras.atomic import write_text_atomic
     from tfx_pipeline import pipeline as p
 
@@ -261,10 +265,10 @@ def keep_inferred_schema(metadata_path: str, pipeline_name: str, schema_file: st
     for execution_id in sorted(executions, reverse=True):
         for artifact in _outputs(store, execution_id).get("schema", []):
             inferred = os.path.join(artifact.uri, "schema.pbtxt")
-            if os.path.exists(inferred):
+            if fileio.exists(inferred):
                 os.makedirs(os.path.dirname(os.path.abspath(schema_file)), exist_ok=True)
-                with open(inferred, encoding="utf-8") as f:
-                    write_text_atomic(schema_file, f.read())
+                with fileio.open(inferred, "rb") as f:
+                    write_text_atomic(schema_file, f.read().decode("utf-8"))
                 return schema_file
     return None
 

@@ -25,10 +25,12 @@ _TERMINAL = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CANCEL
 
 
 def _read_json(path: str) -> Dict[str, Any]:
+    from tfx.dsl.io import fileio
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with fileio.open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except Exception:  # OSError, ValueError, or a gfile NotFoundError: nothing yet
         return {}
 
 

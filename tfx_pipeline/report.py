@@ -83,10 +83,15 @@ def training_curves_png(history: List[Dict[str, Any]]) -> Optional[bytes]:
 
 
 def _read(path: str, binary: bool = False):
-    if not path or not os.path.exists(path):
+    """A file's bytes (``binary``) or UTF-8 text; None when absent. Any
+    ``tf.io.gfile`` path (a gs:// pipeline root)."""
+    from tfx.dsl.io import fileio
+
+    if not path or not fileio.exists(path):
         return None
-    with open(path, "rb" if binary else "r", **({} if binary else {"encoding": "utf-8"})) as f:
-        return f.read()
+    with fileio.open(path, "rb") as f:
+        data = f.read()
+    return data if binary else data.decode("utf-8")
 
 
 def _markdown_table_html(markdown: str) -> str:

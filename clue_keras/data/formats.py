@@ -24,7 +24,9 @@ import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from clue_keras import uri
 from clue_keras.data.errors import DataValidationError, ReadError
+from clue_keras.uri import open_binary, read_parquet  # noqa: F401  (re-exported)
 
 #: Format name -> file extensions (longest match wins, so ``x.tfrecord.gz`` is ``tfrecord``).
 FORMATS: Dict[str, Tuple[str, ...]] = {
@@ -79,19 +81,10 @@ def _format_or_none(path: str) -> Optional[str]:
 
 
 def _glob(pattern: str) -> List[str]:
-    if "://" in pattern:
-        import tensorflow as tf
-
-        return tf.io.gfile.glob(pattern)
-    return glob.glob(pattern)
+    return uri.glob(pattern) if "://" in pattern else glob.glob(pattern)
 
 
-def _is_dir(path: str) -> bool:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
+_is_dir, _is_file = uri.isdir, uri.isfile
 
 
 def _data_files_in(directory: str) -> List[str]:
@@ -144,11 +137,11 @@ def detect_format(data_root: str) -> Tuple[str, str, str]:
       ValueError: files of more than one format, naming them.
     """
     input_dir = data_root
-    if os.path.isdir(os.path.join(data_root, "behaviors")):
+    if _is_dir(os.path.join(data_root, "behaviors")):
         input_dir = os.path.join(data_root, "behaviors")
     found, suffixes = {}, set()
-    for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
-        if not os.path.isfile(path) or os.path.basename(path).startswith("."):
+    for path in sorted(_glob(os.path.join(input_dir, "*"))):
+        if not _is_file(path) or os.path.basename(path).startswith("."):
             continue
         for fmt, exts in FORMATS.items():
             ext = next((e for e in exts if path.endswith(e)), None)
@@ -223,9 +216,7 @@ def iter_raw_rows(path: str, fmt: Optional[str] = None, limit: int = 10_000):
                 if line.strip():
                     yield json.loads(line)
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
+        table = read_parquet(path)
         yield {None: table.column_names}
         yield from table.slice(0, limit).to_pylist()
     elif fmt == "tfrecord":
@@ -242,7 +233,7 @@ def _read_jsonl(path: str, columns: Sequence[str]):
     import pandas as pd
 
     records = []
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -298,10 +289,8 @@ def _load(path: str, fmt: str, columns: Sequence[str]):
         if fmt == "jsonl":
             return _read_jsonl(path, columns)
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-
             # Integer columns with nulls stay integers (not float64 with NaN).
-            return pq.read_table(path).to_pandas(integer_object_nulls=True)
+            return read_parquet(path).to_pandas(integer_object_nulls=True)
         return _read_tfrecord(path, columns)
     except ReadError:
         raise

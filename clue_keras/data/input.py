@@ -27,8 +27,10 @@ FilePattern = Union[str, Sequence[str]]
 
 def list_files(file_pattern: FilePattern) -> List[str]:
     """Sorted files matching a glob pattern or a list of patterns; error if none."""
+    from clue_keras.uri import glob  # gs://.../Split-*/* too (a wildcard in a directory)
+
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    files = sorted({f for p in patterns for f in glob(p)})
     if not files:
         raise FileNotFoundError(f"no files match {file_pattern!r}")
     return files

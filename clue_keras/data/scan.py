@@ -28,6 +28,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 from clue_keras.data import csvfile
 from clue_keras.data.errors import DataValidationError
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
+from clue_keras.uri import open_binary
 
 Row = Tuple[str, Tuple[Any, ...]]  # ("FILE:LINE", cells of BEHAVIOR_COLUMNS)
 
@@ -97,7 +98,7 @@ def _jsonl_rows(paths: List[str], errors: List[str], limit: Optional[int],
     floats = set()
     for path in paths:
         seen, n = set(), 0
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             for lineno, raw in enumerate(f, 1):
                 if limit is not None and n >= limit:
                     report.sampled = True
@@ -151,7 +152,13 @@ def _parquet_rows(paths: List[str], errors: List[str], limit: Optional[int],
     zeros = Counter()
     for path in paths:
         try:
-            pf = pq.ParquetFile(path)
+            if "://" in path:  # a URI: read through tf.io.gfile
+                import pyarrow as pa
+
+                with open_binary(path) as f:
+                    pf = pq.ParquetFile(pa.BufferReader(f.read()))
+            else:
+                pf = pq.ParquetFile(path)
         except Exception as e:
             errors.append(f"{path}: cannot read as parquet: {e}")
             continue

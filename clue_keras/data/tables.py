@@ -27,7 +27,16 @@ from typing import List, Optional, Tuple
 from clue_keras.data.formats import (
     BEHAVIOR_COLUMNS, CATALOGUE_INT_COLUMNS, CATALOGUE_OPTIONAL_COLUMNS, CATALOGUE_TABLE_COLUMNS,
     FORMATS, INTERACTION_OPTIONAL_COLUMNS, INTERACTION_TABLE_COLUMNS, FileSpec, ReadError,
-    _data_files_in, _format_or_none, detect_format, find_files, format_of, read_table)
+    _data_files_in, _format_or_none, _is_dir, _is_file, detect_format, find_files, format_of,
+    read_table)
+
+
+def _listdir(path: str) -> List[str]:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.listdir(path)
+    return os.listdir(path)
 
 #: File stems of the `clue synth` task layout.
 INTERACTIONS_STEM, CATALOGUE_STEM = "interactions", "catalogue"
@@ -41,7 +50,7 @@ def behavior_files(files_or_dir: FileSpec) -> List[str]:
         and it must hold files of one format only, as `detect_format` checks),
         a glob pattern, a file, or a list of these.
     """
-    if isinstance(files_or_dir, (str, os.PathLike)) and os.path.isdir(files_or_dir):
+    if isinstance(files_or_dir, (str, os.PathLike)) and _is_dir(os.fspath(files_or_dir)):
         input_dir, fmt, _ = detect_format(os.fspath(files_or_dir))
         return [p for p in find_files(input_dir) if format_of(p) == fmt]
     return find_files(files_or_dir)
@@ -80,9 +89,9 @@ def read_behaviors(files_or_dir: FileSpec):
 def task_dir(data_dir: str, task: str) -> str:
     """``data_dir/downstream/<task>``; FileNotFoundError naming the tasks present if absent."""
     folder = os.path.join(data_dir, "downstream", task)
-    if not os.path.isdir(folder):
+    if not _is_dir(folder):
         parent = os.path.join(data_dir, "downstream")
-        have = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+        have = sorted(n.rstrip("/") for n in _listdir(parent)) if _is_dir(parent) else []
         raise FileNotFoundError(f"{folder}: no downstream task {task!r}; tasks present: {have}")
     return folder
 
@@ -109,10 +118,10 @@ def task_files(path: str) -> Tuple[str, Optional[str]]:
       ValueError: several candidate interactions (or catalogue) files, naming them.
     """
     path = os.fspath(path)
-    if os.path.isfile(path):
+    if _is_file(path):
         format_of(path)  # a named error for an unknown extension
         return path, None
-    if not os.path.isdir(path):
+    if not _is_dir(path):
         raise FileNotFoundError(f"{path}: no such task file or directory")
     files = sorted(_data_files_in(path))
     catalogues = [f for f in files if _stem(f) == CATALOGUE_STEM]
@@ -137,7 +146,7 @@ def task_file(task_folder: str, stem: str) -> str:
     """The one ``<stem>.<ext>`` file of a task folder, any format of `FORMATS`."""
     names = [stem + ext for exts in FORMATS.values() for ext in exts]
     found = [os.path.join(task_folder, n) for n in names
-             if os.path.isfile(os.path.join(task_folder, n))]
+             if _is_file(os.path.join(task_folder, n))]
     if not found:
         raise FileNotFoundError(f"{task_folder}: no {stem} file ({', '.join(names)})")
     if len(found) > 1:

@@ -43,7 +43,7 @@ from typing import Iterator, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from clue_keras.atomic import atomic_dir, write_json_atomic
+from clue_keras.atomic import abspath, atomic_dir, write_json_atomic
 from clue_keras.embeddings.table import (DTYPES, MANIFEST_FILE, SHARD_PREFIX, SHARD_SUFFIX,
                                          build_manifest, parquet_schema, quantize,
                                          shard_summary)
@@ -216,8 +216,10 @@ def export_embeddings(
       batch_size: most users per SavedModel call.
       beam_args: Beam pipeline options (default ``DEFAULT_BEAM_ARGS``, the
         multi-processing DirectRunner); e.g. ``--runner=FlinkRunner ...``.
-        The output path must be a local (or mounted) directory: it is renamed
-        into place at the end.
+        The workers write a local temporary directory that is renamed into
+        place at the end, or, for a ``gs://`` (any ``tf.io.gfile``) ``out_dir``,
+        copied there with ``manifest.json`` last (``clue_keras.atomic.atomic_dir``);
+        ``model_dir`` and ``data_dir`` may be such URIs too.
       overwrite: replace an existing ``out_dir`` (swapped in only after success).
       lookup_model_dir: also build the id-lookup SavedModel there
         (``clue_keras.embeddings.lookup_model.build_lookup_model``).
@@ -243,11 +245,13 @@ def export_embeddings(
         raise ValueError(f"unknown embedding dtype {dtype!r}; choose from {list(DTYPES)}")
     if batch_size < 1 or num_shards < 0:
         raise ValueError(f"need batch_size >= 1 and num_shards >= 0, got {batch_size}, {num_shards}")
-    model_dir = os.path.abspath(model_dir)
+    import tensorflow as tf
+
+    model_dir = abspath(model_dir)
     services, max_items = read_model_layout(model_dir)
-    files = [os.path.abspath(f) for f in behavior_files(data_dir)]
-    out_dir = os.path.abspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    files = [abspath(f) for f in behavior_files(data_dir)]
+    out_dir = abspath(out_dir)
+    if tf.io.gfile.isdir(out_dir) and tf.io.gfile.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"output directory {out_dir} is not empty (pass overwrite=True / --overwrite)")
     start = time.monotonic()
     with atomic_dir(out_dir, prefix=".tmp-embeddings-", overwrite=overwrite) as tmp, \

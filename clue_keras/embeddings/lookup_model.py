@@ -23,12 +23,11 @@ The directory is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 import numpy as np
 
-from clue_keras.atomic import atomic_dir
+from clue_keras.atomic import abspath, atomic_dir, is_remote
 from clue_keras.embeddings.table import DTYPES, INT8_LEVELS, MANIFEST_FILE, read_embeddings
 
 IDS_ASSET = "user_ids.txt"
@@ -102,15 +101,16 @@ def build_lookup_model(embeddings_dir: str, export_dir: str) -> str:
     if table.dtype not in DTYPES:
         raise ValueError(f"{embeddings_dir}: unknown dtype {table.dtype!r}")
 
-    export_dir = os.path.abspath(export_dir)
+    export_dir = abspath(export_dir)  # gs://: built locally, then copied (atomic_dir)
     with atomic_dir(export_dir, prefix=".tmp-lookup-") as tmp, \
-            tempfile.TemporaryDirectory(prefix=".tmp-lookup-assets-",
-                                        dir=os.path.dirname(export_dir)) as staging:
+            tempfile.TemporaryDirectory(
+                prefix=".tmp-lookup-assets-",
+                dir=None if is_remote(export_dir) else os.path.dirname(export_dir)) as staging:
         ids_path = os.path.join(staging, IDS_ASSET)
         with open(ids_path, "w", encoding="utf-8", newline="\n") as f:
             f.writelines(u + "\n" for u in table.user_ids)
         manifest_path = os.path.join(staging, MANIFEST_ASSET)
-        shutil.copyfile(os.path.join(embeddings_dir, MANIFEST_FILE), manifest_path)
+        tf.io.gfile.copy(os.path.join(embeddings_dir, MANIFEST_FILE), manifest_path, overwrite=True)
         module = _make_module_class()(ids_path, manifest_path, table.values, table.scale, table.dtype)
         tf.saved_model.save(module, tmp, signatures={
             "serving_default": module.serving_default.get_concrete_function()})

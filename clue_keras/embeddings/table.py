@@ -124,19 +124,22 @@ class EmbeddingTable:
 
 def load_manifest(embeddings_dir: str) -> dict:
     """``embeddings_dir/manifest.json``; FileNotFoundError names the path."""
+    import tensorflow as tf
+
     path = os.path.join(embeddings_dir, MANIFEST_FILE)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: no manifest; {embeddings_dir} is not a finished embeddings export")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        manifest = json.loads(f.read().decode("utf-8"))
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     return manifest
 
 
 def read_embeddings(embeddings_dir: str) -> EmbeddingTable:
-    """Reads every shard listed in the manifest; checks row counts and vector sizes."""
-    import pyarrow.parquet as pq
+    """Reads every shard listed in the manifest (local, or a ``tf.io.gfile`` URI);
+    checks row counts and vector sizes."""
+    from clue_keras.uri import read_parquet
 
     manifest = load_manifest(embeddings_dir)
     dtype, dim = manifest["dtype"], manifest["dim"]
@@ -146,7 +149,7 @@ def read_embeddings(embeddings_dir: str) -> EmbeddingTable:
     scales: List[np.ndarray] = []
     for shard in manifest["shards"]:
         path = os.path.join(embeddings_dir, shard["file"])
-        table = pq.read_table(path)
+        table = read_parquet(path)
         if table.num_rows != shard["rows"]:
             raise ValueError(f"{path}: {table.num_rows} rows, manifest says {shard['rows']}")
         if not table.num_rows:

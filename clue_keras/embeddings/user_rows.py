@@ -17,15 +17,20 @@ import numpy as np
 
 
 def read_model_layout(model_dir: str) -> Tuple[List[str], int]:
-    """(services in P order, S) of a CLUE serving SavedModel; clear errors if it is not one."""
-    if not os.path.isdir(model_dir):
+    """(services in P order, S) of a CLUE serving SavedModel (a local path or a
+    ``tf.io.gfile`` URI such as ``gs://...``); clear errors if it is not one."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
-    if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
+    if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{model_dir}: no saved_model.pb (not a SavedModel directory)")
     path = os.path.join(model_dir, "assets", "clue_vocab.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(path)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
         return [str(s) for s in info["services"]], int(info["max_items"])
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a CLUE serving SavedModel") from None

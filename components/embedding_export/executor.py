@@ -197,8 +197,11 @@ def export_lookup(records_dir: str, model_dir: str, out_dir: str,
     from clue_keras.embeddings.table import MANIFEST_FILE, SHARD_PREFIX, build_manifest, \
         shard_summary
 
+    from clue_keras.uri import glob
+
     pattern = os.path.join(records_dir, "Split-*", "*")
-    if not [f for f in fileio.glob(pattern) if not fileio.isdir(f)]:
+    # clue_keras.uri.glob: tf.io.gfile's GCS glob matches no directory (``Split-*``).
+    if not [f for f in glob(pattern) if not fileio.isdir(f)]:
         raise FileNotFoundError(f"EmbeddingExport: no per-user records under {records_dir} "
                                 "(expected Split-<split>/ files as BehaviorPreprocess writes them)")
     check_vocabulary(records_dir, model_dir)

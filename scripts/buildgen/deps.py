@@ -27,6 +27,7 @@ THIRD_PARTY: Dict[str, str] = {
     "distributed": "distributed",
     "google.protobuf": "protobuf",
     "grpc": "grpcio",
+    "gcp_storage_emulator": "gcp-storage-emulator",
     "keras": "keras",
     "keras_hub": "keras-hub",
     "keras_nlp": "keras-nlp",
