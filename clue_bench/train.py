@@ -1,27 +1,73 @@
-"""`clue bench train`: training throughput against a matmul measured in the same run."""
+"""`clue bench train`: training throughput against a matmul measured in the same run.
+
+Data: a synthetic batch with skewed lengths (:func:`synthetic_batch`), or real
+preprocessed records (``records``: the output of BehaviorPreprocess / `clue
+prepare`, read by the Trainer's reader). Modes: the encoder padded (every real
+item on L tokens, every history on S items) and bucketed by length
+(`clue_keras.buckets`); :func:`bench_train` times both in one process, with the
+padding share each computes.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from clue_keras.config import ModelConfig, TrainConfig, get_preset, param_count
+from clue_keras.encoder import DEFAULT_CHILD_BUCKETS, DEFAULT_PARENT_BUCKETS, auto_buckets
 from clue_keras.precision import resolve_policy
 from clue_keras.optimizer import make_optimizer
-from clue_keras.train import build_pretrainer
+
+#: Mode name -> (child_buckets, parent_buckets) given the bucket count K.
+MODES = ("padded", "bucketed")
+LENGTHS = ("skewed", "uniform")
+
+#: Skewed synthetic lengths (log-normal, clipped), close to `clue prepare` on
+#: `clue synth` data (clue-4m: median 7 of 24 ids per item, 10 of 32 items per
+#: non-empty history, 27% of (user, service) empty).
+TOKEN_MEDIAN, TOKEN_SIGMA = 0.3, 0.45       # ids per item incl. service token, x L
+ITEM_MEDIAN, ITEM_SIGMA = 0.3, 0.85         # items per non-empty history, x S
+SERVICE_PRESENT = 0.75                      # P(a user has a service); >= 2 kept
+
+
+def _skewed_user(rng, mc: ModelConfig, services: int, out: np.ndarray) -> None:
+    s, l = mc.max_items, mc.max_tokens
+    present = np.zeros(services, bool)
+    while present.sum() < min(2, services):       # pre-training keeps users with >= 2
+        present = rng.random(services) < SERVICE_PRESENT
+    for p in np.flatnonzero(present):
+        n_items = int(np.clip(np.ceil(rng.lognormal(np.log(ITEM_MEDIAN * s), ITEM_SIGMA)), 1, s))
+        for i in range(n_items):
+            n_tok = int(np.clip(np.round(rng.lognormal(np.log(TOKEN_MEDIAN * l), TOKEN_SIGMA)),
+                                min(2, l), l))
+            out[p, i, :n_tok] = rng.integers(3, mc.vocab_size, n_tok)
 
 
 def synthetic_batch(mc: ModelConfig, batch: int, services: int = 3, fill: float = 0.5,
-                    seed: int = 0) -> np.ndarray:
-    """int32 [B, P, S, L]: per (user, service) a uniform 1..2*fill*S items, each with
-    1..2*fill*L tokens (so about ``fill`` of the slots are real on average)."""
+                    seed: int = 0, lengths: str = "skewed") -> np.ndarray:
+    """int32 [B, P, S, L], items left-aligned, tokens left-aligned.
+
+    ``skewed``: per user each service is present with probability
+    ``SERVICE_PRESENT`` (drawn again until >= 2 are); a present history has
+    ``clip(ceil(LogNormal(ln(0.3 S), 0.85)), 1, S)`` items, each with
+    ``clip(round(LogNormal(ln(0.3 L), 0.45)), 2, L)`` ids (the first one the
+    service token): many short items and histories, a few long, some cut at S or L.
+    ``uniform``: per (user, service) a uniform 1..2*fill*S items, each with
+    1..2*fill*L tokens (so about ``fill`` of the slots are real on average).
+    """
+    if lengths not in LENGTHS:
+        raise ValueError(f"lengths must be one of {LENGTHS}, got {lengths!r}")
     rng = np.random.default_rng(seed)
     s, l = mc.max_items, mc.max_tokens
     ids = np.zeros((batch, services, s, l), np.int32)
     for u in range(batch):
+        if lengths == "skewed":
+            _skewed_user(rng, mc, services, ids[u])
+            continue
         for p in range(services):
             n_items = int(rng.integers(1, max(2, int(2 * fill * s)) + 1))
             for i in range(min(n_items, s)):
@@ -30,26 +76,92 @@ def synthetic_batch(mc: ModelConfig, batch: int, services: int = 3, fill: float 
     return ids
 
 
-def forward_flops(mc: ModelConfig, ids: np.ndarray) -> Dict[str, float]:
-    """Multiply-adds x 2 of one forward pass over what the encoder actually computes.
+def records_batches(records: str, mc: ModelConfig, batch_size: int, batches: int,
+                    seed: int = 0) -> Tuple[np.ndarray, ModelConfig]:
+    """``batches`` global batches of the Trainer's reader over real records, concatenated
+    (int32 [batches*B, P, S, L]), and ``mc`` with the records' S, L (and a vocabulary
+    at least theirs).
 
-    The child transformer runs on real items only (all L slots of each, padding
-    tokens included); the parent on all S slots of every (user, service).
+    ``records``: a `clue prepare` output directory (``vocab/``, ``Split-train/``).
+    Shuffled with ``seed`` and filtered to users with >= 2 services, as in training.
     """
+    from clue_keras.data.input import make_dataset
+    from clue_keras.tokenizer import load_vocab_info
+
+    vocab_dir, train_dir = os.path.join(records, "vocab"), os.path.join(records, "Split-train")
+    if not (tf.io.gfile.isdir(vocab_dir) and tf.io.gfile.isdir(train_dir)):
+        raise FileNotFoundError(f"{records}: expected vocab/ and Split-train/ "
+                                "(the output of `clue prepare --out DIR`)")
+    vi = load_vocab_info(vocab_dir)
+    mc = mc.replace(max_items=vi.max_items, max_tokens=vi.max_tokens,
+                    vocab_size=max(mc.vocab_size, vi.vocab_size))
+    ds = make_dataset(os.path.join(train_dir, "*"), vi, batch_size, shuffle=True, repeat=True,
+                      seed=seed, min_services=2)
+    ids = [b["token_ids"] for b in ds.take(batches).as_numpy_iterator()]
+    return np.concatenate(ids).astype(np.int32), mc
+
+
+def _bucket_plan(ext: np.ndarray, max_len: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(widths, rows per bucket) of the encoder's bucketing of rows of these extents."""
+    from clue_keras.buckets import bucket_ids, optimal_widths
+
+    widths = optimal_widths(tf.constant(ext, tf.int32), max_len, k)
+    ids = bucket_ids(tf.constant(ext, tf.int32), widths).numpy()[ext > 0]
+    return widths.numpy(), np.bincount(ids, minlength=k)
+
+
+def forward_flops(mc: ModelConfig, ids: np.ndarray, child_buckets: int = 0,
+                  parent_buckets: int = 0, batch_size: Optional[int] = None) -> Dict[str, float]:
+    """Multiply-adds x 2 of one forward pass over what the encoder computes, and its
+    real and computed positions, averaged over the batches of ``batch_size`` rows
+    of ``ids`` (default: one batch).
+
+    Padded (0 buckets): the child runs on real items only, all L slots of each;
+    the parent on all S slots of every (user, service). Bucketed: each bucket on
+    its width (`clue_keras.buckets`), empty histories skipped.
+    Keys: ``flops``; ``child_tokens_real`` (non-zero ids), ``child_tokens_computed``;
+    ``parent_items_real``, ``parent_items_computed``; ``real_tokens`` and
+    ``computed_tokens``, the sums of child and parent figures.
+    """
+    from clue_keras.buckets import extents
+
     d, ff = mc.hidden_dim, mc.intermediate_dim
-    real_items = int(np.any(ids != 0, axis=-1).sum())
-    b, p, s, l = ids.shape
+    s, l = ids.shape[2], ids.shape[3]
 
     def block(seq_len, n_seqs):
         per_token = 2 * (4 * d * d + 2 * d * ff) + 2 * 2 * seq_len * d
         return n_seqs * seq_len * per_token
 
-    child = mc.child_layers * block(l, real_items)
-    parent = mc.parent_layers * block(s, b * p)
-    computed_tokens = real_items * l + b * p * s
-    real_tokens = int((ids != 0).sum()) + real_items
-    return {"flops": float(child + parent), "computed_tokens": computed_tokens,
-            "real_tokens": real_tokens}
+    def side(ext, max_len, k, layers, padded_rows):
+        """(flops, positions computed) of one transformer over rows of extents ``ext``."""
+        if not k:
+            return layers * block(max_len, padded_rows), padded_rows * max_len
+        widths, counts = _bucket_plan(ext, max_len, k)
+        return (layers * sum(block(int(w), int(c)) for w, c in zip(widths, counts)),
+                int((widths * counts).sum()))
+
+    batch_size = batch_size or ids.shape[0]
+    totals: Dict[str, float] = {}
+    n = 0
+    for start in range(0, ids.shape[0], batch_size):
+        b = ids[start:start + batch_size]
+        flat = b.reshape(-1, l)
+        tok_ext = extents(tf.constant(flat != 0)).numpy()
+        item_mask = (flat != 0).any(-1).reshape(-1, s)
+        real_items = int(item_mask.sum())
+        item_ext = extents(tf.constant(item_mask)).numpy()
+        cf, cc = side(tok_ext, l, child_buckets, mc.child_layers, real_items)
+        pf, pc = side(item_ext, s, parent_buckets, mc.parent_layers, item_mask.shape[0])
+        fig = {"flops": float(cf + pf), "child_tokens_real": int((flat != 0).sum()),
+               "child_tokens_computed": cc, "parent_items_real": real_items,
+               "parent_items_computed": pc}
+        for key, v in fig.items():
+            totals[key] = totals.get(key, 0) + v
+        n += 1
+    out = {key: v / n for key, v in totals.items()}
+    out["real_tokens"] = out["child_tokens_real"] + out["parent_items_real"]
+    out["computed_tokens"] = out["child_tokens_computed"] + out["parent_items_computed"]
+    return out
 
 
 def matmul_flops_per_s(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
@@ -64,30 +176,64 @@ def matmul_flops_per_s(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> flo
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
+def bench_data(preset: str, batch_size: int, fill: float = 0.5, lengths: str = "skewed",
+               records: Optional[str] = None, batches: int = 1,
+               seed: int = 0) -> Tuple[np.ndarray, ModelConfig]:
+    """(ids, mc): ``batches`` GLOBAL batches concatenated (synthetic: one), the preset."""
+    mc = get_preset(preset)
+    if records:
+        return records_batches(records, mc, batch_size, batches, seed)
+    return synthetic_batch(mc, batch_size, fill=fill, seed=seed, lengths=lengths), mc
+
+
+def bench_model(mc: ModelConfig, policy: str, batch_size: int, steps: int,
+                strategy: tf.distribute.Strategy, child_buckets: int, parent_buckets: int):
+    """A compiled pre-trainer under ``strategy`` (no XLA, as the Trainer compiles it)."""
+    from clue_keras.distribute import adapt_keras_model
+    from clue_keras.encoder import CLUEEncoder
+    from clue_keras.pretrainer import CLUEPretrainer
+
+    tc = TrainConfig(batch_size=batch_size, train_steps=10 * steps)
+    with strategy.scope():
+        # clue_keras.train.build_pretrainer, with the bucket counts given.
+        encoder = CLUEEncoder.from_config_dataclass(mc, dtype=policy, child_buckets=child_buckets,
+                                                    parent_buckets=parent_buckets)
+        model = CLUEPretrainer(encoder, projection_dim=mc.projection_dim,
+                               logit_scale_init=mc.logit_scale_init,
+                               logit_scale_max=mc.logit_scale_max, dtype=policy)
+        model.build(encoder.input_shape_for_build())
+        model.compile(optimizer=make_optimizer(tc, policy), jit_compile=False)
+    adapt_keras_model(model, strategy)
+    return model
+
+
+def _dataset(ids: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Endless dataset cycling through the global batches of ``ids``."""
+    from clue_keras.distribute import shard_by_data
+
+    ds = tf.data.Dataset.from_tensor_slices({"token_ids": ids}).batch(batch_size).cache()
+    return shard_by_data(ds.repeat())
+
+
 def build_bench_model(preset: str, batch_size: int, fill: float = 0.5,
                       precision: str = "auto", steps: int = 20,
-                      strategy: Optional[tf.distribute.Strategy] = None):
+                      strategy: Optional[tf.distribute.Strategy] = None,
+                      lengths: str = "skewed", child_buckets: Optional[int] = None,
+                      parent_buckets: Optional[int] = None):
     """(model, dataset, ids, mc, policy) of the training bench: a compiled
-    pre-trainer under ``strategy`` and an endless dataset repeating one synthetic
-    GLOBAL batch ``ids``. Under a multi-worker strategy every worker builds the
-    same batch and keeps its replicas' rows of it (``shard_by_data``), so the
-    global batch equals the single-process one."""
-    from clue_keras.distribute import adapt_keras_model, shard_by_data
-
-    mc = get_preset(preset)
+    pre-trainer under ``strategy`` (the encoder's default bucketing unless given)
+    and an endless dataset repeating one synthetic GLOBAL batch ``ids``. Under a
+    multi-worker strategy every worker builds the same batch and keeps its
+    replicas' rows of it (``shard_by_data``), so the global batch equals the
+    single-process one."""
     policy = resolve_policy(precision)
     strategy = strategy or tf.distribute.get_strategy()
     if batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"global batch {batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    ids = synthetic_batch(mc, batch_size, fill=fill)
-    ds = shard_by_data(tf.data.Dataset.from_tensors({"token_ids": ids}).repeat())
-    tc = TrainConfig(batch_size=batch_size, train_steps=10 * steps)
-    with strategy.scope():
-        model = build_pretrainer(mc, policy)
-        model.compile(optimizer=make_optimizer(tc, policy))
-    adapt_keras_model(model, strategy)
-    return model, ds, ids, mc, policy
+    ids, mc = bench_data(preset, batch_size, fill, lengths)
+    model = bench_model(mc, policy, batch_size, steps, strategy, child_buckets, parent_buckets)
+    return model, _dataset(ids, batch_size), ids, mc, policy
 
 
 def time_fit(model, ds, steps: int, warmup: int = 3) -> float:
@@ -118,7 +264,8 @@ def time_fit_steps(model, ds, steps: int, warmup: int = 3) -> Dict[str, float]:
             tf.nest.map_structure(np.asarray, logs)
             ends.append(time.perf_counter())
 
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    if warmup:
+        model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
     del ends[:]
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[_Clock()])
@@ -126,25 +273,81 @@ def time_fit_steps(model, ds, steps: int, warmup: int = 3) -> Dict[str, float]:
     return {"fit_s_per_step": total / steps, "step_s": (ends[-1] - ends[0]) / (steps - 1)}
 
 
+def _buckets_of(mode: str, buckets: int, parent_buckets: Optional[int]) -> Tuple[int, int]:
+    if mode == "padded":
+        return 0, 0
+    return buckets, buckets if parent_buckets is None else parent_buckets
+
+
 def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float = 0.5,
-                precision: str = "auto", strategy: Optional[tf.distribute.Strategy] = None
-                ) -> Dict[str, object]:
+                precision: str = "auto", strategy: Optional[tf.distribute.Strategy] = None,
+                lengths: str = "skewed", records: Optional[str] = None,
+                modes: Sequence[str] = MODES, buckets: int = DEFAULT_CHILD_BUCKETS,
+                parent_buckets: Optional[int] = None, rounds: int = 1,
+                warmup: int = 3) -> Dict[str, object]:
+    """Times each of ``modes`` (``padded``, ``bucketed`` with ``buckets`` length
+    buckets for the child and ``parent_buckets``, default the same, for the
+    parent) on the same data in this process, in ``rounds`` alternating rounds
+    (the median per mode), then a matmul in the policy's compute dtype.
+
+    With ``records`` the data are ``steps`` global batches of real records (each
+    timed step a different one); else one synthetic batch (``lengths``).
+    Per mode: ``step_time_s`` (steady state), ``real_tokens_per_s`` (non-zero
+    token ids, as the Trainer's ``tokens``), the padding shares of computed
+    positions (child tokens, parent items, both together), achieved FLOP/s
+    (fwd + bwd = 3 x fwd, over what that mode computes) and its fraction of
+    the matmul.
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be among {MODES}, got {list(modes)}")
+    if steps < 2 or rounds < 1:
+        raise ValueError(f"need steps >= 2 and rounds >= 1, got {steps}, {rounds}")
     strategy = strategy or tf.distribute.get_strategy()
-    model, ds, ids, mc, policy = build_bench_model(preset, batch_size, fill, precision,
-                                                   steps, strategy)
-    step_s = time_fit(model, ds, steps)
+    if batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"global batch {batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    policy = resolve_policy(precision)
+    ids, mc = bench_data(preset, batch_size, fill, lengths, records,
+                         batches=steps if records else 1)
+    ds = _dataset(ids, batch_size)
+    models = {m: bench_model(mc, policy, batch_size, steps, strategy,
+                             *_buckets_of(m, buckets, parent_buckets)) for m in modes}
+    times: Dict[str, list] = {m: [] for m in modes}
+    for r in range(rounds):
+        for m in modes:
+            times[m].append(time_fit_steps(models[m], ds, steps,
+                                           warmup=warmup if r == 0 else 0)["step_s"])
     compute_dtype = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(
         policy, tf.float32)
     mm = matmul_flops_per_s(compute_dtype)
-    f = forward_flops(mc, ids)
-    achieved = 3 * f["flops"] / step_s                                   # fwd + bwd ~ 3x fwd
-    return {
+    result: Dict[str, object] = {
         "preset": preset, "params": param_count(mc), "policy": policy,
         "replicas": strategy.num_replicas_in_sync, "global_batch": batch_size,
-        "step_time_s": step_s,
-        "non_padding_tokens_per_s": f["real_tokens"] / step_s,
-        "padding_share_of_computed_tokens": 1 - f["real_tokens"] / f["computed_tokens"],
-        "achieved_flop_per_s": achieved,
+        "data": f"records {records}" if records else f"synthetic {lengths}",
+        "batches": ids.shape[0] // batch_size, "S": mc.max_items, "L": mc.max_tokens,
+        "buckets": f"child {buckets}, parent "
+                   f"{buckets if parent_buckets is None else parent_buckets}",
+        "encoder_default": "child {}, parent {} (width {})".format(
+            auto_buckets(mc.hidden_dim, None, DEFAULT_CHILD_BUCKETS),
+            auto_buckets(mc.hidden_dim, None, DEFAULT_PARENT_BUCKETS), mc.hidden_dim),
         "matmul_flop_per_s": mm,
-        "fraction_of_matmul": achieved / mm,
     }
+    for m in modes:
+        step_s = float(np.median(times[m]))
+        f = forward_flops(mc, ids, *_buckets_of(m, buckets, parent_buckets),
+                          batch_size=batch_size)
+        achieved = 3 * f["flops"] / step_s                               # fwd + bwd ~ 3x fwd
+        result[m] = {
+            "step_time_s": step_s,
+            "real_tokens_per_s": f["child_tokens_real"] / step_s,
+            "child_padding_share": 1 - f["child_tokens_real"] / max(f["child_tokens_computed"], 1),
+            "parent_padding_share": 1 - f["parent_items_real"] / max(f["parent_items_computed"], 1),
+            "padding_share_of_computed_tokens": 1 - f["real_tokens"] / max(f["computed_tokens"], 1),
+            "achieved_flop_per_s": achieved,
+            "fraction_of_matmul": achieved / mm,
+        }
+    if "padded" in models and "bucketed" in models:
+        result["speedup_bucketed_vs_padded"] = (result["padded"]["step_time_s"]
+                                                / result["bucketed"]["step_time_s"])
+    return result

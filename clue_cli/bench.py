@@ -34,14 +34,32 @@ def _add_train(bsub) -> None:
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--fill", type=float, default=0.5,
-                   help="share of item/token slots that hold real data in the synthetic batch")
+                   help="--lengths uniform: share of item/token slots that hold real data")
+    b.add_argument("--lengths", choices=["skewed", "uniform"], default="skewed",
+                   help="length distribution of the synthetic batch (default %(default)s; "
+                        "see docs/PERFORMANCE.md)")
+    b.add_argument("--records", metavar="DIR",
+                   help="benchmark on real records instead: a `clue prepare --out DIR` "
+                        "directory (vocab/, Split-train/); --steps batches of it, "
+                        "S and L from the records")
+    b.add_argument("--mode", choices=["both", "padded", "bucketed"], default="both",
+                   help="encoder padded, bucketed by length, or both in this process "
+                        "(default %(default)s)")
+    b.add_argument("--buckets", type=positive_int, default=None,
+                   help="length buckets of the child transformer (bucketed mode; "
+                        "default: the encoder's)")
+    b.add_argument("--parent-buckets", type=int, default=None,
+                   help="length buckets of the parent transformer (default: --buckets; "
+                        "0: parent padded)")
+    b.add_argument("--rounds", type=positive_int, default=1,
+                   help="alternating timing rounds per mode; the median is reported")
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.add_argument("--workers", type=positive_int, default=1,
                    help="N > 1: N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy) "
                         "against one process, both on the same global batch --batch-size, "
                         "with the communication share (default 1: this process alone)")
     b.add_argument("--warmup", type=positive_int, default=3,
-                   help="--workers > 1: warm-up steps before the timed ones (default 3)")
+                   help="warm-up steps before the timed ones (default 3)")
     b.add_argument("--timeout", type=float, default=1800.0,
                    help="--workers > 1: seconds each run of the processes may take before "
                         "they are stopped with an error (default 1800)")
@@ -86,18 +104,50 @@ def _run_train_multiworker(args) -> int:
     return 0
 
 
+def _print_modes(res, modes) -> None:
+    """The per-mode figures of `clue bench train` as one table, a column per mode."""
+    _print_figures({k: v for k, v in res.items() if not isinstance(v, dict)})
+    print()
+    print(f"{'':<34} " + " ".join(f"{m:>12}" for m in modes))
+    for key in res[modes[0]]:
+        row = []
+        for m in modes:
+            v = res[m][key]
+            row.append(f"{v:>12.1%}" if "share" in key else f"{v:>12,.4g}")
+        print(f"{key:<34} " + " ".join(row))
+
+
 def _run_train(args) -> int:
     if args.workers > 1:
+        if args.records or args.mode != "both" or args.lengths != "skewed":
+            print("clue bench train: --workers > 1 runs the synthetic batch with the "
+                  "encoder's default bucketing; drop --records/--mode/--lengths",
+                  file=sys.stderr)
+            return 2
         return _run_train_multiworker(args)
+    if args.steps < 2 or (args.parent_buckets is not None and args.parent_buckets < 0):
+        print("clue bench train: needs --steps >= 2 and --parent-buckets >= 0", file=sys.stderr)
+        return 2
     from clue_keras.distribute import get_strategy
 
     strategy = get_strategy(args.cpu_replicas)  # before anything else initialises TensorFlow
 
-    from clue_bench.train import bench_train
+    from clue_bench.train import MODES, bench_train
+    from clue_keras.encoder import DEFAULT_CHILD_BUCKETS, DEFAULT_PARENT_BUCKETS
 
-    res = bench_train(args.preset, steps=args.steps, batch_size=args.batch_size,
-                      fill=args.fill, precision=args.precision, strategy=strategy)
-    _print_figures(res)
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    try:
+        res = bench_train(args.preset, steps=args.steps, batch_size=args.batch_size,
+                          fill=args.fill, precision=args.precision, strategy=strategy,
+                          lengths=args.lengths, records=args.records, modes=modes,
+                          buckets=args.buckets or DEFAULT_CHILD_BUCKETS,
+                          parent_buckets=(args.parent_buckets if args.parent_buckets is not None
+                                          else args.buckets or DEFAULT_PARENT_BUCKETS),
+                          rounds=args.rounds, warmup=args.warmup)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"clue bench train: {e}", file=sys.stderr)
+        return 1
+    _print_modes(res, modes)
     if args.json:
         _write_json(args.json, res)
     return 0
@@ -206,6 +256,11 @@ def _add_evaluate(bsub) -> None:
                         "stopping usually ends sooner)")
     b.add_argument("--no-sequence-models", action="store_true", help="skip T-UBM and Hybrid")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--task-dir", help="read the task from this folder; one without the task is "
+                                      "written first (the synthetic task of --users etc.)")
+    b.add_argument("--reference-commit",
+                   help="also time this git commit's clue_tfrs on the same task (a temporary "
+                        "worktree, a child process) and print before/after per model")
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.set_defaults(func=_run_evaluate)
 
@@ -215,12 +270,30 @@ def _run_evaluate(args) -> int:
         print("clue bench evaluate: need --interactions >= 2 x --users and --items > 100 "
               "(each test positive is ranked among 100 sampled items)", file=sys.stderr)
         return 2
-    from clue_bench.evaluate import bench_evaluate, format_report
+    import tempfile
 
-    res = bench_evaluate(users=args.users, interactions=args.interactions, items=args.items,
-                         epochs=args.epochs, seed=args.seed,
-                         sequence_models=not args.no_sequence_models)
-    print(format_report(res))
+    from clue_bench import evaluate as bench
+
+    with tempfile.TemporaryDirectory(prefix="clue_bench_task_") as tmp:
+        task_dir = args.task_dir or (tmp if args.reference_commit else None)
+        if task_dir and not os.path.exists(os.path.join(task_dir, "interactions.parquet")):
+            bench.write_task(task_dir, *bench.synthetic_task(
+                args.users, args.interactions, args.items, seed=args.seed))
+        res = bench.bench_evaluate(users=args.users, interactions=args.interactions,
+                                   items=args.items, epochs=args.epochs, seed=args.seed,
+                                   sequence_models=not args.no_sequence_models, task_dir=task_dir)
+        print(_header("this checkout", res), bench.format_report(res), sep="\n",
+              flush=True)
+        if args.reference_commit:
+            ref = bench.run_reference(args.reference_commit, task_dir, args.epochs, args.seed,
+                                      not args.no_sequence_models)
+            print(_header(f"commit {args.reference_commit}", ref),
+                  bench.format_report(ref), "", bench.format_comparison(ref, res), sep="\n")
+            res = {"after": res, "before": ref}
     if args.json:
         _write_json(args.json, res)
     return 0
+
+
+def _header(what: str, res) -> str:
+    return f"== {what} (clue_tfrs from {res['clue_tfrs']})"

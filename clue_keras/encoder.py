@@ -12,9 +12,26 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from clue_keras.buckets import bucketed_map, extents
 from clue_keras.config import ModelConfig
 from clue_keras.masked_mean import MaskedMean
 from clue_keras.transformer_layer import TransformerLayer
+
+
+#: Length buckets of the child / parent transformer when bucketing pays, and the
+#: narrowest model it pays for (``None`` = auto: K for ``hidden_dim >= BUCKETS_MIN_HIDDEN``,
+#: else 0 = padded). Measured on a 2-core CPU (docs/PERFORMANCE.md): clue-4m (width 192)
+#: steps about 2x faster bucketed; tiny (width 32) is per-op overhead bound and slower.
+DEFAULT_CHILD_BUCKETS = 5
+DEFAULT_PARENT_BUCKETS = 5
+BUCKETS_MIN_HIDDEN = 128
+
+
+def auto_buckets(hidden_dim: int, buckets: Optional[int], default: int) -> int:
+    """``buckets`` if given, else ``default`` for models at least BUCKETS_MIN_HIDDEN wide, else 0."""
+    if buckets is not None:
+        return int(buckets)
+    return default if hidden_dim >= BUCKETS_MIN_HIDDEN else 0
 
 
 @keras.saving.register_keras_serializable(package="clue")
@@ -33,6 +50,16 @@ class CLUEEncoder(keras.Model):
     Only non-padding items go through the child transformer (they are gathered
     first and scattered back), so an [S, L] block that is mostly padding costs
     only its real items.
+
+    ``child_buckets`` = K > 0: the real items are grouped into at most K buckets
+    by token length, and each bucket runs trimmed to its width
+    (`clue_keras.buckets`); 0: every real item runs on all L tokens; None:
+    :func:`auto_buckets` (K for wide models, 0 for narrow ones).
+    ``parent_buckets`` likewise groups the non-empty (user, service) histories
+    by number of items before the parent transformer; 0: every history runs on
+    all S items. The results equal the padded computation within float
+    tolerance (tests/test_packing.py); bucketing happens inside a batch, so which
+    users meet in a batch does not change.
     """
 
     def __init__(
@@ -47,6 +74,8 @@ class CLUEEncoder(keras.Model):
         intermediate_dim: int,
         output_dim: Optional[int] = None,
         dropout: float = 0.0,
+        child_buckets: Optional[int] = None,
+        parent_buckets: Optional[int] = None,
         dtype=None,
         **kwargs,
     ):
@@ -61,6 +90,13 @@ class CLUEEncoder(keras.Model):
         self.intermediate_dim = intermediate_dim
         self.output_dim = output_dim
         self.dropout = dropout
+        child_buckets = auto_buckets(hidden_dim, child_buckets, DEFAULT_CHILD_BUCKETS)
+        parent_buckets = auto_buckets(hidden_dim, parent_buckets, DEFAULT_PARENT_BUCKETS)
+        if child_buckets < 0 or parent_buckets < 0:
+            raise ValueError(f"bucket counts must be >= 0 (0: padded), got "
+                             f"child_buckets={child_buckets}, parent_buckets={parent_buckets}")
+        self.child_buckets = int(child_buckets)
+        self.parent_buckets = int(parent_buckets)
 
         policy = self.dtype_policy
         self.token_embedding = keras.layers.Embedding(
@@ -88,13 +124,15 @@ class CLUEEncoder(keras.Model):
         )
 
     @classmethod
-    def from_config_dataclass(cls, cfg: ModelConfig, dtype=None) -> "CLUEEncoder":
+    def from_config_dataclass(cls, cfg: ModelConfig, dtype=None, **kwargs) -> "CLUEEncoder":
+        """``kwargs``: constructor arguments ModelConfig lacks (``child_buckets``,
+        ``parent_buckets``)."""
         return cls(
             vocab_size=cfg.vocab_size, max_items=cfg.max_items, max_tokens=cfg.max_tokens,
             hidden_dim=cfg.hidden_dim, child_layers=cfg.child_layers,
             parent_layers=cfg.parent_layers, num_heads=cfg.num_heads,
             intermediate_dim=cfg.intermediate_dim, output_dim=cfg.output_dim,
-            dropout=cfg.dropout, dtype=dtype,
+            dropout=cfg.dropout, dtype=dtype, **kwargs,
         )
 
     @property
@@ -139,6 +177,15 @@ class CLUEEncoder(keras.Model):
             x = layer(x, padding_mask=token_mask, training=training)
         return self.pool(x, token_mask)
 
+    def item_embeddings(self, token_ids, training=False):
+        """Item vectors h_i of every slot: float [B, P, S, hidden_dim] (compute dtype),
+        zeros for padding items; what the parent transformer reads."""
+        token_ids = ops.cast(token_ids, "int32")
+        shape = ops.shape(token_ids)
+        flat = ops.reshape(token_ids, (-1, shape[3]))
+        h = self._items(flat, ops.any(ops.not_equal(flat, 0), axis=-1), training)
+        return ops.reshape(h, (shape[0], shape[1], shape[2], self.hidden_dim))
+
     def call(self, inputs, training=False):
         token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
         token_ids = ops.cast(token_ids, "int32")
@@ -152,19 +199,10 @@ class CLUEEncoder(keras.Model):
         b, p, s, l = shape[0], shape[1], shape[2], shape[3]
         flat = ops.reshape(token_ids, (-1, l))                      # [B*P*S, L]
         item_mask_flat = ops.any(ops.not_equal(flat, 0), axis=-1)  # [B*P*S]
-
-        # Child transformer on real items only, then scatter back.
-        real = tf.where(item_mask_flat)[:, 0]                      # [N_real]
-        h_real = self.encode_items(tf.gather(flat, real), training=training)
-        h = tf.scatter_nd(real[:, None], h_real,
-                          ops.cast(ops.stack([ops.shape(flat)[0], self.hidden_dim]), "int64"))
+        h = self._items(flat, item_mask_flat, training)             # [B*P*S, D]
         h = ops.reshape(h, (-1, s, self.hidden_dim))               # [B*P, S, D]
         item_mask = ops.reshape(item_mask_flat, (-1, s))           # [B*P, S]
-
-        x = h + self.item_position(ops.arange(s, dtype="int32"))[None]
-        for layer in self.parent:
-            x = layer(x, padding_mask=item_mask, training=training)
-        z = self.pool(x, item_mask)                                # [B*P, D]
+        z = self._histories(h, item_mask, training)                # [B*P, D]
         service_mask = ops.any(item_mask, axis=-1)
         if self.output_layer is not None:
             z = self.output_layer(z)
@@ -173,6 +211,34 @@ class CLUEEncoder(keras.Model):
             "user_embedding": ops.reshape(z, (b, p, self.embedding_dim)),
             "service_mask": ops.reshape(service_mask, (b, p)),
         }
+
+    def _items(self, flat, item_mask_flat, training):
+        """Item vectors [B*P*S, D] (zeros for padding items): the child transformer on
+        real items only, padded to L or bucketed by length, scattered back."""
+        if self.child_buckets:
+            return bucketed_map(lambda ids: self.encode_items(ids, training=training),
+                                [flat], extents(ops.not_equal(flat, 0)), self.max_tokens,
+                                self.child_buckets, self.hidden_dim, self.compute_dtype)
+        real = tf.where(item_mask_flat)[:, 0]                      # [N_real]
+        h_real = self.encode_items(tf.gather(flat, real), training=training)
+        return tf.scatter_nd(real[:, None], h_real,
+                             ops.cast(ops.stack([ops.shape(flat)[0], self.hidden_dim]), "int64"))
+
+    def _parent(self, h, item_mask, training):
+        """Pooled parent output [n, D] of item vectors h [n, T, D] (T <= S)."""
+        x = h + self.item_position(ops.arange(ops.shape(h)[1], dtype="int32"))[None]
+        for layer in self.parent:
+            x = layer(x, padding_mask=item_mask, training=training)
+        return self.pool(x, item_mask)
+
+    def _histories(self, h, item_mask, training):
+        """Per (user, service) vectors [B*P, D] before the output layer (zeros for an
+        empty service): the parent on all S items of every row, or bucketed."""
+        if self.parent_buckets:
+            return bucketed_map(lambda x, m: self._parent(x, m, training),
+                                [h, item_mask], extents(item_mask), self.max_items,
+                                self.parent_buckets, self.hidden_dim, self.compute_dtype)
+        return self._parent(h, item_mask, training)
 
     def get_config(self):
         config = {
@@ -186,5 +252,6 @@ class CLUEEncoder(keras.Model):
             child_layers=self.child_layers, parent_layers=self.parent_layers,
             num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,
             output_dim=self.output_dim, dropout=self.dropout,
+            child_buckets=self.child_buckets, parent_buckets=self.parent_buckets,
         )
         return config
