@@ -118,6 +118,12 @@ class GcsEmulator:
         return subprocess.run(argv, env=self.env, cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout_s)
 
+    def popen(self, argv: List[str]) -> subprocess.Popen:
+        """Starts a long-running command (a server) with the emulator's environment;
+        stdout is a text pipe, stderr goes to this process's."""
+        return subprocess.Popen(argv, env={**self.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+
 
 # --------------------------------------------------------------------------- launcher
 import http.server

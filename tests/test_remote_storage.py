@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -296,3 +297,60 @@ def test_clue_run_with_pipeline_root_data_and_serving_on_gcs(gcs, models, tmp_pa
     """)
     got = json.loads(out.strip().splitlines()[-1])
     assert got["steps"] == 4 and got["versions"]
+
+
+@slow
+def test_clue_serve_polls_a_gcs_model_base_path(gcs, models):
+    """`clue serve --model-base-path gs://...`: lists versions, checks completeness and
+    loads through tf.io.gfile; answers equal the local SavedModel's; a version copied
+    later (markers last, as the Pusher's atomic_dir does) is picked up."""
+    import selectors
+    import signal
+
+    import numpy as np
+    import tensorflow as tf
+
+    from clue_keras.serving.client import CLUEClient
+    from clue_keras.serving.warmup import sample_user_texts
+    from clue_keras.tokenizer import register_text_ops
+
+    _, _, model = models
+    base = "gs://clue/serve_base"
+    _python(gcs, f"""
+        from clue_keras.atomic import upload_dir
+        upload_dir({model!r}, {base + '/1'!r})
+        upload_dir({model!r}, {base + '/tmp-7'!r})   # not a version: ignored
+    """)
+    proc = gcs.popen(CLUE + ["serve", "--model-base-path", base, "--model-name", "clue",
+                             "--port", "0", "--poll-seconds", "0.2"])
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=300), "clue serve printed nothing"
+        line = proc.stdout.readline()
+        assert f"from {base} on 127.0.0.1:" in line, line + proc.stdout.read()[-3000:]
+        address = line.rsplit(" on ", 1)[-1].strip()
+        users = sample_user_texts(3, 8)
+        register_text_ops()
+        expected = tf.saved_model.load(model).signatures["serving_default"](
+            item_texts=tf.constant(users))["embedding"].numpy()
+        with CLUEClient(address, "clue") as client:
+            got = client.predict({"item_texts": users})["embedding"]
+            assert client.last_model_version == 1
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+            _python(gcs, f"""
+                from clue_keras.atomic import upload_dir
+                upload_dir({model!r}, {base + '/2'!r})
+            """)
+            deadline = time.monotonic() + 300
+            while client.last_model_version != 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                got = client.predict({"item_texts": users})["embedding"]
+            assert client.last_model_version == 2
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

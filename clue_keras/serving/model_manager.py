@@ -52,6 +52,7 @@ from clue_keras.serving.version_dirs import (SAVED_MODEL_FILE, Listing, dir_list
                                               list_version_dirs)
 from clue_keras.serving.warmup import replay_warmup, signature_caller
 from clue_keras.tokenizer import register_text_ops
+from clue_keras.uri import isdir
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def load_version(version: int, path: str, warm_up: bool = True) -> LoadedVersion
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f, warnings.catch_warnings():
+    with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILE), "rb") as f, \
+            warnings.catch_warnings():
         # The pure-Python protobuf only warns about some malformed input.
         warnings.simplefilter("error", RuntimeWarning)
         saved_model.ParseFromString(f.read())
@@ -153,7 +155,7 @@ class ModelManager:
                  stalled_seconds: float = DEFAULT_STALLED_SECONDS):
         if not model_name:
             raise ValueError("model_name must not be empty")
-        if not os.path.isdir(model_base_path):
+        if not isdir(model_base_path):  # a local directory or a gs:// (tf.io.gfile) one
             raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
         if poll_seconds <= 0 or stalled_seconds < 0:
             raise ValueError(f"need poll_seconds > 0 and stalled_seconds >= 0, got "

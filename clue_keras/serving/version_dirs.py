@@ -20,6 +20,10 @@ which resolve to a place inside the base path are versions; anything else
 
 :func:`dir_listing` (every file's path, size and mtime) is what the manager
 compares between polls (rule 3: unchanged between two consecutive polls).
+
+A base path with a scheme (``gs://bucket/models/clue``, anything
+``tf.io.gfile`` reaches) is listed through ``tf.io.gfile``: there are no
+symlinks to check, and a file's size and mtime come from ``gfile.stat``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import os
 import re
 from typing import Dict, Optional, Tuple
+
+from clue_keras.uri import is_remote, isfile
 
 SAVED_MODEL_FILE = "saved_model.pb"
 FINGERPRINT_FILE = "fingerprint.pb"
@@ -39,8 +45,38 @@ _DATA_SHARD = re.compile(r"variables\.data-([0-9]{5})-of-([0-9]{5})")
 Listing = Tuple[Tuple[str, int, int], ...]
 
 
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _remote_version_dirs(model_base_path: str) -> Dict[int, str]:
+    gfile = _gfile()
+    versions: Dict[int, str] = {}
+    try:
+        names = gfile.listdir(model_base_path)
+    except Exception:  # NotFoundError (gfile's own class): nothing there yet
+        return versions
+    base = model_base_path.rstrip("/")
+    for raw in names:
+        name = raw.rstrip("/")
+        if not _VERSION_DIR.fullmatch(name):
+            continue
+        path = f"{base}/{name}"
+        if not (raw.endswith("/") or gfile.isdir(path)):
+            continue
+        version = int(name)
+        if version in versions and name != str(version):
+            continue
+        versions[version] = path
+    return versions
+
+
 def list_version_dirs(model_base_path: str) -> Dict[int, str]:
     """Every version directory under ``model_base_path``, complete or not: ``{version: dir}``."""
+    if is_remote(model_base_path):
+        return _remote_version_dirs(model_base_path)
     real_base = os.path.realpath(model_base_path)
     versions: Dict[int, str] = {}
     try:
@@ -67,11 +103,13 @@ def list_versions(model_base_path: str) -> Dict[int, str]:
     """The version directories that hold a ``saved_model.pb``: ``{version: dir}``
     (candidates for loading; see :func:`incomplete_reason` for the rest of the rule)."""
     return {v: p for v, p in list_version_dirs(model_base_path).items()
-            if os.path.isfile(os.path.join(p, SAVED_MODEL_FILE))}
+            if isfile(os.path.join(p, SAVED_MODEL_FILE))}
 
 
 def dir_listing(path: str) -> Listing:
     """``(relative path, size, mtime ns)`` of every file under ``path`` (symlinks not followed)."""
+    if is_remote(path):
+        return _remote_listing(path)
     out = []
     for root, _dirs, files in os.walk(path):
         for name in files:
@@ -81,6 +119,26 @@ def dir_listing(path: str) -> Listing:
             except OSError:
                 continue  # Removed while we looked: the next listing differs anyway.
             out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+def _remote_listing(path: str) -> Listing:
+    gfile = _gfile()
+    base = path.rstrip("/")
+    out = []
+    try:
+        walked = list(gfile.walk(base))
+    except Exception:
+        return ()
+    for root, _dirs, files in walked:
+        rel_root = root.rstrip("/")[len(base):].lstrip("/")
+        for name in files:
+            rel = f"{rel_root}/{name}" if rel_root else name
+            try:
+                st = gfile.stat(f"{base}/{rel}")
+            except Exception:
+                continue  # Removed while we looked.
+            out.append((rel.replace("/", os.sep), int(st.length), int(st.mtime_nsec)))
     return tuple(sorted(out))
 
 
@@ -115,7 +173,7 @@ def _fingerprint_mismatch(path: str) -> Optional[str]:
 
     stored, fresh = fingerprint_pb2.FingerprintDef(), fingerprint_pb2.FingerprintDef()
     try:
-        with open(os.path.join(path, FINGERPRINT_FILE), "rb") as f:
+        with _gfile().GFile(os.path.join(path, FINGERPRINT_FILE), "rb") as f:
             stored.ParseFromString(f.read())
         fresh.ParseFromString(fingerprinting.CreateFingerprintDef(path))
     except Exception as e:  # A half-written file fails to parse.
