@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from clue_keras.buckets import bucketed_map, extents
+from clue_keras.buckets import bucketed_map, computed_positions, extents, optimal_widths
 from clue_keras.config import ModelConfig
 from clue_keras.masked_mean import MaskedMean
 from clue_keras.transformer_layer import TransformerLayer
@@ -211,6 +211,28 @@ class CLUEEncoder(keras.Model):
             "user_embedding": ops.reshape(z, (b, p, self.embedding_dim)),
             "service_mask": ops.reshape(service_mask, (b, p)),
         }
+
+    def computed_positions(self, token_ids):
+        """float32 scalar: the positions the child and parent transformers compute for
+        ``token_ids`` [B, P, S, L] (padded: L per real item and S per (user, service);
+        bucketed: each row at its bucket's width, empty histories skipped). Real
+        positions are the non-zero ids plus the real items; the rest is padding."""
+        ids = ops.cast(token_ids, "int32")
+        flat = ops.reshape(ids, (-1, self.max_tokens))
+        token_mask = ops.not_equal(flat, 0)
+        item_mask = ops.any(token_mask, axis=-1)
+
+        def side(mask, rows_mask, width, k):
+            if not k:
+                return tf.reduce_sum(tf.cast(rows_mask, tf.int64)) * width
+            ext = extents(mask)
+            return computed_positions(ext, optimal_widths(ext, width, k))
+
+        child = side(token_mask, item_mask, self.max_tokens, self.child_buckets)
+        histories = ops.reshape(item_mask, (-1, self.max_items))
+        parent = side(histories, tf.ones_like(histories[:, 0]), self.max_items,
+                      self.parent_buckets)
+        return tf.cast(child + parent, tf.float32)
 
     def _items(self, flat, item_mask_flat, training):
         """Item vectors [B*P*S, D] (zeros for padding items): the child transformer on

@@ -9,10 +9,11 @@ window, and at every held-out evaluation and the last step::
   after each line, so they cover exactly the window);
 * held-out: `clue_keras.heldout.HeldOut`'s loss when it evaluated at that step;
 * tokens/s: non-padding tokens trained on per second, held-out time excluded;
-* padding: share of the token positions the encoder computes that are padding
-  (only non-empty items go through the item transformer: computed positions are
-  ``items * L + B * P * S``, real ones ``tokens + items``, as in
-  ``clue bench train``);
+* padding: share of the token positions the encoder computes that are padding:
+  computed positions are what ``CLUEEncoder.computed_positions`` counts for each
+  step (padded: ``items * L + B * P * S``; with length buckets each item and
+  history at its bucket's width), real ones ``tokens + items``, as in
+  ``clue bench train``;
 * ETA: the remaining steps at this run's average pace since its first step
   (which traces the graph), held-out evaluations included; ``?`` after one step.
 
@@ -42,18 +43,23 @@ def _scalar(value) -> float:
 
 
 def report_items(model) -> None:
-    """Adds ``items`` (non-empty items of the global batch in this step) to the train
-    step's logs, for `Progress`' padding share. Call before
-    `clue_keras.distribute.adapt_keras_model`."""
+    """Adds ``items`` (non-empty items of the global batch in this step) and
+    ``computed`` (positions the encoder computes for it, summed over replicas,
+    each of which buckets its own rows) to the train step's logs, for `Progress`'
+    padding share. Call before `clue_keras.distribute.adapt_keras_model`."""
     step = model.train_step
+    encoder = getattr(model, "encoder", None)
 
     def train_step(data):
         logs = dict(step(data))
-        items = tf.reduce_sum(tf.cast(tf.not_equal(data["token_ids"][..., 0], 0), tf.float32))
+        counts = {"items": tf.reduce_sum(
+            tf.cast(tf.not_equal(data["token_ids"][..., 0], 0), tf.float32))}
+        if encoder is not None and hasattr(encoder, "computed_positions"):
+            counts["computed"] = encoder.computed_positions(data["token_ids"])
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
-            items = ctx.all_reduce(tf.distribute.ReduceOp.SUM, items)
-        logs["items"] = items
+            counts = {k: ctx.all_reduce(tf.distribute.ReduceOp.SUM, v) for k, v in counts.items()}
+        logs.update(counts)
         return logs
 
     model.train_step = train_step
@@ -94,7 +100,7 @@ class Progress(keras.callbacks.Callback):
         self._new_window()
 
     def _new_window(self):
-        self._steps, self._items = 0, 0.0
+        self._steps, self._items, self._computed = 0, 0.0, 0.0
         self._eval_seconds = self.heldout.seconds if self.heldout else 0.0
         self._t_window = None
 
@@ -109,6 +115,7 @@ class Progress(keras.callbacks.Callback):
         if self._t_first is None:
             self._t_first = time.perf_counter()
         self._items += _scalar(logs.get("items", 0.0))
+        self._computed += _scalar(logs.get("computed", 0.0))
         if self._bar is not None:
             self._bar.update(1)
         last = self.heldout.last if self.heldout else None
@@ -120,7 +127,8 @@ class Progress(keras.callbacks.Callback):
         eval_s = (self.heldout.seconds if self.heldout else 0.0) - self._eval_seconds
         seconds = max(now - self._t_window - eval_s, 1e-9)
         tokens = _scalar(logs.get("tokens", 0.0))      # Sum metric: this window
-        computed = self._items * self.item_len + self._steps * self.batch_size * self.item_slots
+        computed = self._computed or (self._items * self.item_len
+                                      + self._steps * self.batch_size * self.item_slots)
         rec = {"step": step, "loss": _scalar(logs.get("loss", float("nan"))),
                "logit_scale": _scalar(logs.get("logit_scale", float("nan"))),
                "tokens_per_s": tokens / seconds,

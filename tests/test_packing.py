@@ -271,3 +271,40 @@ def test_cli_rejects_what_the_bench_cannot_run(argv, rc, message, capsys):
 
     assert clue_main(["bench", "train", *argv]) == rc
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("child,parent", [(0, 0), (3, 0), (0, 2), (5, 5)])
+def test_encoder_counts_the_positions_it_computes_as_the_bench_does(child, parent):
+    """``CLUEEncoder.computed_positions`` (the training progress' padding share) counts
+    what ``clue bench train``'s ``forward_flops`` counts, padded and bucketed."""
+    mc = PRESETS["tiny"]
+    ids = synthetic_batch(mc, 6, seed=4)
+    encoder = CLUEEncoder.from_config_dataclass(mc, child_buckets=child, parent_buckets=parent)
+    want = forward_flops(mc, ids, child, parent)["computed_tokens"]
+    assert float(encoder.computed_positions(tf.constant(ids))) == want
+
+
+def test_training_progress_reports_the_bucketed_padding_share():
+    """The progress line's padding share counts what the bucketed encoder computes."""
+    from clue_keras.config import TrainConfig
+    from clue_keras.train import make_optimizer
+    from clue_keras.train_progress import Progress, report_items
+
+    mc = PRESETS["tiny"]
+    ids = synthetic_batch(mc, 8, seed=2)
+    encoder = CLUEEncoder.from_config_dataclass(mc, child_buckets=3, parent_buckets=3)
+    model = CLUEPretrainer(encoder, projection_dim=mc.projection_dim)
+    model.build(encoder.input_shape_for_build())
+    model.compile(optimizer=make_optimizer(TrainConfig(batch_size=8, train_steps=10), "float32"),
+                  jit_compile=False)
+    report_items(model)
+    progress = Progress(every=2, total=2, start=0, batch_positions=(8, 3 * mc.max_items,
+                                                                    mc.max_tokens),
+                        printer=lambda line: None)
+    ds = tf.data.Dataset.from_tensors({"token_ids": ids}).repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0, callbacks=[progress])
+    figures = forward_flops(mc, ids, 3, 3)
+    want = 1 - figures["real_tokens"] / figures["computed_tokens"]
+    padded = forward_flops(mc, ids)
+    assert progress.history[-1]["padding_share"] == pytest.approx(want, abs=1e-6)
+    assert want < 1 - padded["real_tokens"] / padded["computed_tokens"] - 0.1
