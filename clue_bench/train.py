@@ -76,14 +76,13 @@ def synthetic_batch(mc: ModelConfig, batch: int, services: int = 3, fill: float 
     return ids
 
 
-def records_batches(records: str, mc: ModelConfig, batch_size: int, batches: int,
-                    seed: int = 0) -> Tuple[np.ndarray, ModelConfig]:
-    """``batches`` global batches of the Trainer's reader over real records, concatenated
-    (int32 [batches*B, P, S, L]), and ``mc`` with the records' S, L (and a vocabulary
-    at least theirs).
+def records_dataset(records: str, mc: ModelConfig, batch_size: int,
+                    seed: int = 0) -> Tuple[tf.data.Dataset, ModelConfig]:
+    """The Trainer's own endless stream over real records (``{"token_ids"}`` global
+    batches: parsed, shuffled with ``seed``, users with >= 2 services), and ``mc``
+    with the records' S, L (and a vocabulary at least theirs).
 
     ``records``: a `clue prepare` output directory (``vocab/``, ``Split-train/``).
-    Shuffled with ``seed`` and filtered to users with >= 2 services, as in training.
     """
     from clue_keras.data.input import make_dataset
     from clue_keras.tokenizer import load_vocab_info
@@ -97,6 +96,14 @@ def records_batches(records: str, mc: ModelConfig, batch_size: int, batches: int
                     vocab_size=max(mc.vocab_size, vi.vocab_size))
     ds = make_dataset(os.path.join(train_dir, "*"), vi, batch_size, shuffle=True, repeat=True,
                       seed=seed, min_services=2)
+    return ds.map(lambda x: {"token_ids": x["token_ids"]}), mc
+
+
+def records_batches(records: str, mc: ModelConfig, batch_size: int, batches: int,
+                    seed: int = 0) -> Tuple[np.ndarray, ModelConfig]:
+    """``batches`` global batches of :func:`records_dataset`, concatenated
+    (int32 [batches*B, P, S, L]), and the records' ``mc``."""
+    ds, mc = records_dataset(records, mc, batch_size, seed)
     ids = [b["token_ids"] for b in ds.take(batches).as_numpy_iterator()]
     return np.concatenate(ids).astype(np.int32), mc
 
@@ -292,6 +299,10 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
 
     With ``records`` the data are ``steps`` global batches of real records (each
     timed step a different one); else one synthetic batch (``lengths``).
+    With ``records``, ``input_pipeline``: the last mode's step time fed by the
+    Trainer's reader (parsing and shuffling the TFRecords while it trains)
+    over its step time on the same kind of batches held in memory (``ratio``:
+    1.0 = the input pipeline costs nothing).
     Per mode: ``step_time_s`` (steady state), ``real_tokens_per_s`` (non-zero
     token ids, as the Trainer's ``tokens``), the padding shares of computed
     positions (child tokens, parent items, both together), achieved FLOP/s
@@ -347,6 +358,16 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
             "achieved_flop_per_s": achieved,
             "fraction_of_matmul": achieved / mm,
         }
+    if records:  # the last mode fed by the Trainer's reader, against the same in memory
+        from clue_keras.distribute import shard_by_data
+
+        stream, _ = records_dataset(records, mc, batch_size, seed=1)
+        last = modes[-1]
+        streamed = time_fit_steps(models[last], shard_by_data(stream.prefetch(2)), steps,
+                                  warmup=1)["step_s"]
+        result["input_pipeline"] = {"mode": last, "streamed_step_s": streamed,
+                                    "in_memory_step_s": result[last]["step_time_s"],
+                                    "ratio": streamed / result[last]["step_time_s"]}
     if "padded" in models and "bucketed" in models:
         result["speedup_bucketed_vs_padded"] = (result["padded"]["step_time_s"]
                                                 / result["bucketed"]["step_time_s"])

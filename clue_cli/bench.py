@@ -115,6 +115,11 @@ def _print_modes(res, modes) -> None:
             v = res[m][key]
             row.append(f"{v:>12.1%}" if "share" in key else f"{v:>12,.4g}")
         print(f"{key:<34} " + " ".join(row))
+    feed = res.get("input_pipeline")
+    if feed:
+        print(f"\ninput pipeline ({feed['mode']}): {feed['streamed_step_s']:.4g} s/step fed by the "
+              f"Trainer's reader vs {feed['in_memory_step_s']:.4g} s in memory: "
+              f"ratio {feed['ratio']:.3f}")
 
 
 def _run_train(args) -> int:

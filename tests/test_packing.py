@@ -260,6 +260,15 @@ def test_bench_reads_real_records(tmp_path):
     with pytest.raises(FileNotFoundError, match="Split-train"):
         bench_data("tiny", 4, records=str(tmp_path))
 
+    from clue_bench.train import bench_train
+
+    res = bench_train("tiny", steps=2, batch_size=4, precision="float32", records=out,
+                      modes=("bucketed",), buckets=3, warmup=1)
+    feed = res["input_pipeline"]
+    assert feed["mode"] == "bucketed" and feed["in_memory_step_s"] == res["bucketed"]["step_time_s"]
+    assert feed["ratio"] == pytest.approx(feed["streamed_step_s"] / feed["in_memory_step_s"])
+    assert res["data"] == f"records {out}" and res["batches"] == 2
+
 
 @pytest.mark.parametrize("argv, rc, message", [
     (["--workers", "2", "--records", "somewhere"], 2, "drop --records"),
