@@ -174,7 +174,7 @@ def forward_flops(mc: ModelConfig, ids: np.ndarray, child_buckets: int = 0,
 def matmul_flops_per_s(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
-    f = tf.function(lambda x: tf.matmul(x, x))
+    f = tf.function(lambda x: tf.matmul(x, x), autograph=False)
     f(a).numpy()
     t0 = time.perf_counter()
     for _ in range(repeats):

@@ -18,13 +18,15 @@ from clue_keras.masked_mean import MaskedMean
 from clue_keras.transformer_layer import TransformerLayer
 
 
-#: Length buckets of the child / parent transformer when bucketing pays, and the
-#: narrowest model it pays for (``None`` = auto: K for ``hidden_dim >= BUCKETS_MIN_HIDDEN``,
-#: else 0 = padded). Measured on a 2-core CPU (docs/PERFORMANCE.md): clue-4m (width 192)
-#: steps about 2x faster bucketed; tiny (width 32) is per-op overhead bound and slower.
+#: Length buckets of the child / parent transformer, and the narrowest model they
+#: are on for by default (``None`` = auto: K for ``hidden_dim >= BUCKETS_MIN_HIDDEN``,
+#: else 0 = padded). Measured with `clue bench train --records` on a 2-core CPU
+#: (docs/PERFORMANCE.md): bucketed steps 1.5x faster for tiny (width 32) and 2.3x
+#: for clue-4m (width 192); no width was measured where padding wins, so the
+#: threshold is 0 (kept as a knob for machines where per-op overhead dominates).
 DEFAULT_CHILD_BUCKETS = 5
 DEFAULT_PARENT_BUCKETS = 5
-BUCKETS_MIN_HIDDEN = 128
+BUCKETS_MIN_HIDDEN = 0
 
 
 def auto_buckets(hidden_dim: int, buckets: Optional[int], default: int) -> int:
@@ -54,7 +56,7 @@ class CLUEEncoder(keras.Model):
     ``child_buckets`` = K > 0: the real items are grouped into at most K buckets
     by token length, and each bucket runs trimmed to its width
     (`clue_keras.buckets`); 0: every real item runs on all L tokens; None:
-    :func:`auto_buckets` (K for wide models, 0 for narrow ones).
+    :func:`auto_buckets` (K = 5 by default).
     ``parent_buckets`` likewise groups the non-empty (user, service) histories
     by number of items before the parent transformer; 0: every history runs on
     all S items. The results equal the padded computation within float
