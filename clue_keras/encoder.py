@@ -20,13 +20,16 @@ from clue_keras.transformer_layer import TransformerLayer
 
 #: Length buckets of the child / parent transformer, and the narrowest model they
 #: are on for by default (``None`` = auto: K for ``hidden_dim >= BUCKETS_MIN_HIDDEN``,
-#: else 0 = padded). Measured with `clue bench train --records` on a 2-core CPU
-#: (docs/PERFORMANCE.md): bucketed steps 1.5x faster for tiny (width 32) and 2.3x
-#: for clue-4m (width 192); no width was measured where padding wins, so the
-#: threshold is 0 (kept as a knob for machines where per-op overhead dominates).
+#: else 0 = padded). Measured on a 2-core CPU (docs/PERFORMANCE.md): steady-state
+#: steps are 2.3x faster bucketed for clue-4m (width 192) and 1.5x for tiny (width
+#: 32), but the bucketed graph holds K copies of each transformer, so each trace
+#: (first step, held-out loss, every export signature) costs more: the default
+#: tiny `clue run` (200-400 steps of 50 ms) took a minute LONGER bucketed (Trainer
+#: 87 s vs 58 s, EmbeddingExport 56 s vs 34 s). Wide models, whose steps take
+#: seconds, earn the tracing back within a few dozen steps.
 DEFAULT_CHILD_BUCKETS = 5
 DEFAULT_PARENT_BUCKETS = 5
-BUCKETS_MIN_HIDDEN = 0
+BUCKETS_MIN_HIDDEN = 128
 
 
 def auto_buckets(hidden_dim: int, buckets: Optional[int], default: int) -> int:
@@ -56,7 +59,7 @@ class CLUEEncoder(keras.Model):
     ``child_buckets`` = K > 0: the real items are grouped into at most K buckets
     by token length, and each bucket runs trimmed to its width
     (`clue_keras.buckets`); 0: every real item runs on all L tokens; None:
-    :func:`auto_buckets` (K = 5 by default).
+    :func:`auto_buckets` (K = 5 for models at least 128 wide, else 0).
     ``parent_buckets`` likewise groups the non-empty (user, service) histories
     by number of items before the parent transformer; 0: every history runs on
     all S items. The results equal the padded computation within float

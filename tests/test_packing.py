@@ -167,16 +167,15 @@ def test_bucketed_mixed_precision_close_to_padded_and_float32_outputs():
     np.testing.assert_allclose(out_buc["user_embedding"], out_pad["user_embedding"], atol=0.1)
 
 
-def test_default_buckets_and_explicit_counts_win():
+def test_default_buckets_by_width_and_explicit_counts_win():
     tiny = CLUEEncoder.from_config_dataclass(MC)                                # width 32
-    assert (tiny.child_buckets, tiny.parent_buckets) == (DEFAULT_CHILD_BUCKETS,
-                                                         DEFAULT_PARENT_BUCKETS)
+    assert (tiny.child_buckets, tiny.parent_buckets) == (0, 0)
     wide = CLUEEncoder.from_config_dataclass(PRESETS["clue-4m"])                # width 192
     assert (wide.child_buckets, wide.parent_buckets) == (DEFAULT_CHILD_BUCKETS,
                                                          DEFAULT_PARENT_BUCKETS)
     assert wide.get_config()["child_buckets"] == DEFAULT_CHILD_BUCKETS        # saved resolved
     assert auto_buckets(32, 2, 5) == 2 and auto_buckets(512, 0, 5) == 0
-    assert auto_buckets(32, None, 5) == 5
+    assert auto_buckets(32, None, 5) == 0 and auto_buckets(128, None, 5) == 5
 
 
 def test_bucket_counts_are_config_and_checked():
