@@ -52,6 +52,7 @@ from clue_keras.optimizer import make_optimizer
 from clue_keras.precision import resolve_policy
 from clue_keras.pretrainer import CLUEPretrainer
 from clue_keras.train_progress import Progress, report_items
+from clue_keras.uri import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def save_keras_atomic(model: keras.Model, path: str) -> None:
     (``tf.io.gfile.rename`` for a ``gs://`` path: an object appears only once uploaded)."""
     tmp = path + ".tmp.keras"
     model.save(tmp)
-    if "://" in path:
+    if is_remote(path):
         tf.io.gfile.rename(tmp, path, overwrite=True)
     else:
         os.replace(tmp, path)

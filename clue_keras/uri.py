@@ -3,8 +3,11 @@
 * ``is_remote``: the path has a scheme, so ``os`` cannot reach it;
 * ``abspath``: ``os.path.abspath`` for a local path, a URI unchanged;
 * ``isfile`` / ``isdir``: the ``os.path`` tests through ``tf.io.gfile``;
-* ``open_binary`` / ``read_parquet``: ``open(path, "rb")`` and
-  ``pyarrow.parquet.read_table`` that read a URI through ``tf.io.gfile``;
+* ``listdir``: ``os.listdir``, or ``tf.io.gfile.listdir`` (names without the
+  trailing ``/`` GCS gives directories) for a URI;
+* ``open_binary`` / ``read_parquet`` / ``parquet_file``: ``open(path, "rb")``,
+  ``pyarrow.parquet.read_table`` and ``pyarrow.parquet.ParquetFile`` that read a
+  URI through ``tf.io.gfile``;
 * ``glob``: ``tf.io.gfile.glob`` that also matches DIRECTORIES on a remote
   file system: the GCS plugin of tensorflow-io-gcs-filesystem 0.37 never
   matches a directory (``[]`` for ``gs://b/x/Split-*/*``; ``gs://b/x/*``
@@ -46,6 +49,12 @@ def isfile(path: str) -> bool:
     return gfile.exists(path) and not gfile.isdir(path)
 
 
+def listdir(path: str) -> List[str]:
+    if not is_remote(path):
+        return os.listdir(path)
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
+
+
 def open_binary(path: str):
     """``open(path, "rb")``, or a ``tf.io.gfile.GFile`` for a URI."""
     return _gfile().GFile(path, "rb") if is_remote(path) else open(path, "rb")
@@ -61,6 +70,18 @@ def read_parquet(path: str, **kwargs):
 
     with open_binary(path) as f:
         return pq.read_table(pa.BufferReader(f.read()), **kwargs)
+
+
+def parquet_file(path: str):
+    """``pyarrow.parquet.ParquetFile``; a URI is read (whole) through ``tf.io.gfile``."""
+    import pyarrow.parquet as pq
+
+    if not is_remote(path):
+        return pq.ParquetFile(path)
+    import pyarrow as pa
+
+    with open_binary(path) as f:
+        return pq.ParquetFile(pa.BufferReader(f.read()))
 
 
 def _has_magic(part: str) -> bool:

@@ -31,6 +31,7 @@ import csv
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from clue_keras.data.errors import DataValidationError
+from clue_keras.uri import open_binary
 
 BOM = "\ufeff"
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -41,12 +42,7 @@ INT, FLOAT, STRING = "INT", "FLOAT", "STRING"
 OnError = Optional[Callable[[str], None]]
 
 
-def _open(path: str):
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
+_open = open_binary
 
 
 def read_header(path: str, strict: bool = True) -> List[str]:

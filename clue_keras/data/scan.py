@@ -28,7 +28,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 from clue_keras.data import csvfile
 from clue_keras.data.errors import DataValidationError
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
-from clue_keras.uri import open_binary
+from clue_keras.uri import open_binary, parquet_file
 
 Row = Tuple[str, Tuple[Any, ...]]  # ("FILE:LINE", cells of BEHAVIOR_COLUMNS)
 
@@ -147,18 +147,10 @@ def _arrow_type_ok(t) -> bool:
 
 def _parquet_rows(paths: List[str], errors: List[str], limit: Optional[int],
                   report: Any) -> Iterator[Row]:
-    import pyarrow.parquet as pq
-
     zeros = Counter()
     for path in paths:
         try:
-            if "://" in path:  # a URI: read through tf.io.gfile
-                import pyarrow as pa
-
-                with open_binary(path) as f:
-                    pf = pq.ParquetFile(pa.BufferReader(f.read()))
-            else:
-                pf = pq.ParquetFile(path)
+            pf = parquet_file(path)  # a URI is read through tf.io.gfile
         except Exception as e:
             errors.append(f"{path}: cannot read as parquet: {e}")
             continue

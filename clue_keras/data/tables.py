@@ -29,14 +29,7 @@ from clue_keras.data.formats import (
     FORMATS, INTERACTION_OPTIONAL_COLUMNS, INTERACTION_TABLE_COLUMNS, FileSpec, ReadError,
     _data_files_in, _format_or_none, _is_dir, _is_file, detect_format, find_files, format_of,
     read_table)
-
-
-def _listdir(path: str) -> List[str]:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.listdir(path)
-    return os.listdir(path)
+from clue_keras.uri import listdir
 
 #: File stems of the `clue synth` task layout.
 INTERACTIONS_STEM, CATALOGUE_STEM = "interactions", "catalogue"
@@ -91,7 +84,7 @@ def task_dir(data_dir: str, task: str) -> str:
     folder = os.path.join(data_dir, "downstream", task)
     if not _is_dir(folder):
         parent = os.path.join(data_dir, "downstream")
-        have = sorted(n.rstrip("/") for n in _listdir(parent)) if _is_dir(parent) else []
+        have = sorted(listdir(parent)) if _is_dir(parent) else []
         raise FileNotFoundError(f"{folder}: no downstream task {task!r}; tasks present: {have}")
     return folder
 
