@@ -291,7 +291,7 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
                 lengths: str = "skewed", records: Optional[str] = None,
                 modes: Sequence[str] = MODES, buckets: int = DEFAULT_CHILD_BUCKETS,
                 parent_buckets: Optional[int] = None, rounds: int = 1,
-                warmup: int = 3) -> Dict[str, object]:
+                warmup: int = 3, profile_dir: Optional[str] = None) -> Dict[str, object]:
     """Times each of ``modes`` (``padded``, ``bucketed`` with ``buckets`` length
     buckets for the child and ``parent_buckets``, default the same, for the
     parent) on the same data in this process, in ``rounds`` alternating rounds
@@ -303,6 +303,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
     Trainer's reader (parsing and shuffling the TFRecords while it trains)
     over its step time on the same kind of batches held in memory (``ratio``:
     1.0 = the input pipeline costs nothing).
+    With ``profile_dir``, ``profile``: ``steps`` more steps of the last mode
+    under the TensorFlow profiler, its kernels ranked (:mod:`clue_bench.profile`).
     Per mode: ``step_time_s`` (steady state), ``real_tokens_per_s`` (non-zero
     token ids, as the Trainer's ``tokens``), the padding shares of computed
     positions (child tokens, parent items, both together), achieved FLOP/s
@@ -368,6 +370,11 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
         result["input_pipeline"] = {"mode": last, "streamed_step_s": streamed,
                                     "in_memory_step_s": result[last]["step_time_s"],
                                     "ratio": streamed / result[last]["step_time_s"]}
+    if profile_dir:
+        from clue_bench.profile import profile_fit, rank_ops
+
+        trace = profile_fit(models[modes[-1]], ds, steps, profile_dir)
+        result["profile"] = {"mode": modes[-1], **rank_ops(trace, steps)}
     if "padded" in models and "bucketed" in models:
         result["speedup_bucketed_vs_padded"] = (result["padded"]["step_time_s"]
                                                 / result["bucketed"]["step_time_s"])

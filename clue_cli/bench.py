@@ -54,6 +54,10 @@ def _add_train(bsub) -> None:
     b.add_argument("--rounds", type=positive_int, default=1,
                    help="alternating timing rounds per mode; the median is reported")
     b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--profile", metavar="DIR",
+                   help="after timing, profile --steps more steps of the last mode with the "
+                        "TensorFlow profiler into DIR (TensorBoard's profile plugin reads it) "
+                        "and print the op types that took the most time")
     b.add_argument("--workers", type=positive_int, default=1,
                    help="N > 1: N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy) "
                         "against one process, both on the same global batch --batch-size, "
@@ -120,13 +124,17 @@ def _print_modes(res, modes) -> None:
         print(f"\ninput pipeline ({feed['mode']}): {feed['streamed_step_s']:.4g} s/step fed by the "
               f"Trainer's reader vs {feed['in_memory_step_s']:.4g} s in memory: "
               f"ratio {feed['ratio']:.3f}")
+    if res.get("profile"):
+        from clue_bench.profile import format_ranking
+
+        print(f"\n({res['profile']['mode']}) " + format_ranking(res["profile"]))
 
 
 def _run_train(args) -> int:
     if args.workers > 1:
-        if args.records or args.mode != "both" or args.lengths != "skewed":
+        if args.records or args.mode != "both" or args.lengths != "skewed" or args.profile:
             print("clue bench train: --workers > 1 runs the synthetic batch with the "
-                  "encoder's default bucketing; drop --records/--mode/--lengths",
+                  "encoder's default bucketing; drop --records/--mode/--lengths/--profile",
                   file=sys.stderr)
             return 2
         return _run_train_multiworker(args)
@@ -148,8 +156,8 @@ def _run_train(args) -> int:
                           buckets=args.buckets or DEFAULT_CHILD_BUCKETS,
                           parent_buckets=(args.parent_buckets if args.parent_buckets is not None
                                           else args.buckets or DEFAULT_PARENT_BUCKETS),
-                          rounds=args.rounds, warmup=args.warmup)
-    except (FileNotFoundError, ValueError) as e:
+                          rounds=args.rounds, warmup=args.warmup, profile_dir=args.profile)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"clue bench train: {e}", file=sys.stderr)
         return 1
     _print_modes(res, modes)
