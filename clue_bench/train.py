@@ -22,8 +22,10 @@ from clue_keras.encoder import DEFAULT_CHILD_BUCKETS, DEFAULT_PARENT_BUCKETS, au
 from clue_keras.precision import resolve_policy
 from clue_keras.optimizer import make_optimizer
 
-#: Mode name -> (child_buckets, parent_buckets) given the bucket count K.
-MODES = ("padded", "bucketed")
+#: Modes: the encoder padded (real items gathered, every slot of them computed),
+#: bucketed by length, or with static shapes (every item slot) compiled by XLA.
+MODES = ("padded", "bucketed", "xla")
+DEFAULT_MODES = ("padded", "bucketed")
 LENGTHS = ("skewed", "uniform")
 
 #: Skewed synthetic lengths (log-normal, clipped), close to `clue prepare` on
@@ -118,14 +120,16 @@ def _bucket_plan(ext: np.ndarray, max_len: int, k: int) -> Tuple[np.ndarray, np.
 
 
 def forward_flops(mc: ModelConfig, ids: np.ndarray, child_buckets: int = 0,
-                  parent_buckets: int = 0, batch_size: Optional[int] = None) -> Dict[str, float]:
+                  parent_buckets: int = 0, batch_size: Optional[int] = None,
+                  static_shapes: bool = False) -> Dict[str, float]:
     """Multiply-adds x 2 of one forward pass over what the encoder computes, and its
     real and computed positions, averaged over the batches of ``batch_size`` rows
     of ``ids`` (default: one batch).
 
     Padded (0 buckets): the child runs on real items only, all L slots of each;
     the parent on all S slots of every (user, service). Bucketed: each bucket on
-    its width (`clue_keras.buckets`), empty histories skipped.
+    its width (`clue_keras.buckets`), empty histories skipped. ``static_shapes``:
+    the child also runs on the padding items (all S x L slots).
     Keys: ``flops``; ``child_tokens_real`` (non-zero ids), ``child_tokens_computed``;
     ``parent_items_real``, ``parent_items_computed``; ``real_tokens`` and
     ``computed_tokens``, the sums of child and parent figures.
@@ -157,7 +161,8 @@ def forward_flops(mc: ModelConfig, ids: np.ndarray, child_buckets: int = 0,
         item_mask = (flat != 0).any(-1).reshape(-1, s)
         real_items = int(item_mask.sum())
         item_ext = extents(tf.constant(item_mask)).numpy()
-        cf, cc = side(tok_ext, l, child_buckets, mc.child_layers, real_items)
+        cf, cc = side(tok_ext, l, child_buckets, mc.child_layers,
+                      flat.shape[0] if static_shapes else real_items)
         pf, pc = side(item_ext, s, parent_buckets, mc.parent_layers, item_mask.shape[0])
         fig = {"flops": float(cf + pf), "child_tokens_real": int((flat != 0).sum()),
                "child_tokens_computed": cc, "parent_items_real": real_items,
@@ -194,8 +199,10 @@ def bench_data(preset: str, batch_size: int, fill: float = 0.5, lengths: str = "
 
 
 def bench_model(mc: ModelConfig, policy: str, batch_size: int, steps: int,
-                strategy: tf.distribute.Strategy, child_buckets: int, parent_buckets: int):
-    """A compiled pre-trainer under ``strategy`` (no XLA, as the Trainer compiles it)."""
+                strategy: tf.distribute.Strategy, child_buckets: int, parent_buckets: int,
+                xla: bool = False):
+    """A compiled pre-trainer under ``strategy``: no XLA, as the Trainer compiles it,
+    or with ``xla`` the encoder with static shapes and ``jit_compile=True``."""
     from clue_keras.distribute import adapt_keras_model
     from clue_keras.encoder import CLUEEncoder
     from clue_keras.pretrainer import CLUEPretrainer
@@ -204,12 +211,13 @@ def bench_model(mc: ModelConfig, policy: str, batch_size: int, steps: int,
     with strategy.scope():
         # clue_keras.train.build_pretrainer, with the bucket counts given.
         encoder = CLUEEncoder.from_config_dataclass(mc, dtype=policy, child_buckets=child_buckets,
-                                                    parent_buckets=parent_buckets)
+                                                    parent_buckets=parent_buckets,
+                                                    static_shapes=xla)
         model = CLUEPretrainer(encoder, projection_dim=mc.projection_dim,
                                logit_scale_init=mc.logit_scale_init,
                                logit_scale_max=mc.logit_scale_max, dtype=policy)
         model.build(encoder.input_shape_for_build())
-        model.compile(optimizer=make_optimizer(tc, policy), jit_compile=False)
+        model.compile(optimizer=make_optimizer(tc, policy), jit_compile=xla)
     adapt_keras_model(model, strategy)
     return model
 
@@ -281,7 +289,7 @@ def time_fit_steps(model, ds, steps: int, warmup: int = 3) -> Dict[str, float]:
 
 
 def _buckets_of(mode: str, buckets: int, parent_buckets: Optional[int]) -> Tuple[int, int]:
-    if mode == "padded":
+    if mode != "bucketed":
         return 0, 0
     return buckets, buckets if parent_buckets is None else parent_buckets
 
@@ -289,12 +297,12 @@ def _buckets_of(mode: str, buckets: int, parent_buckets: Optional[int]) -> Tuple
 def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float = 0.5,
                 precision: str = "auto", strategy: Optional[tf.distribute.Strategy] = None,
                 lengths: str = "skewed", records: Optional[str] = None,
-                modes: Sequence[str] = MODES, buckets: int = DEFAULT_CHILD_BUCKETS,
+                modes: Sequence[str] = DEFAULT_MODES, buckets: int = DEFAULT_CHILD_BUCKETS,
                 parent_buckets: Optional[int] = None, rounds: int = 1,
                 warmup: int = 3, profile_dir: Optional[str] = None) -> Dict[str, object]:
     """Times each of ``modes`` (``padded``, ``bucketed`` with ``buckets`` length
     buckets for the child and ``parent_buckets``, default the same, for the
-    parent) on the same data in this process, in ``rounds`` alternating rounds
+    parent; ``xla``: static shapes under XLA) on the same data in this process, in ``rounds`` alternating rounds
     (the median per mode), then a matmul in the policy's compute dtype.
 
     With ``records`` the data are ``steps`` global batches of real records (each
@@ -325,7 +333,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
                          batches=steps if records else 1)
     ds = _dataset(ids, batch_size)
     models = {m: bench_model(mc, policy, batch_size, steps, strategy,
-                             *_buckets_of(m, buckets, parent_buckets)) for m in modes}
+                             *_buckets_of(m, buckets, parent_buckets), xla=m == "xla")
+              for m in modes}
     times: Dict[str, list] = {m: [] for m in modes}
     for r in range(rounds):
         for m in modes:
@@ -349,7 +358,7 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
     for m in modes:
         step_s = float(np.median(times[m]))
         f = forward_flops(mc, ids, *_buckets_of(m, buckets, parent_buckets),
-                          batch_size=batch_size)
+                          batch_size=batch_size, static_shapes=m == "xla")
         achieved = 3 * f["flops"] / step_s                               # fwd + bwd ~ 3x fwd
         result[m] = {
             "step_time_s": step_s,
@@ -375,7 +384,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
 
         trace = profile_fit(models[modes[-1]], ds, steps, profile_dir)
         result["profile"] = {"mode": modes[-1], **rank_ops(trace, steps)}
-    if "padded" in models and "bucketed" in models:
-        result["speedup_bucketed_vs_padded"] = (result["padded"]["step_time_s"]
-                                                / result["bucketed"]["step_time_s"])
+    for m in ("bucketed", "xla"):
+        if "padded" in models and m in models:
+            result[f"speedup_{m}_vs_padded"] = (result["padded"]["step_time_s"]
+                                                / result[m]["step_time_s"])
     return result

@@ -42,9 +42,11 @@ def _add_train(bsub) -> None:
                    help="benchmark on real records instead: a `clue prepare --out DIR` "
                         "directory (vocab/, Split-train/); --steps batches of it, "
                         "S and L from the records")
-    b.add_argument("--mode", choices=["both", "padded", "bucketed"], default="both",
-                   help="encoder padded, bucketed by length, or both in this process "
-                        "(default %(default)s)")
+    b.add_argument("--mode", choices=["both", "padded", "bucketed", "xla"], nargs="+",
+                   default=["both"],
+                   help="one or more of: the encoder padded, bucketed by length, with "
+                        "static shapes compiled by XLA (xla); both = padded bucketed; "
+                        "all timed in this process (default: both)")
     b.add_argument("--buckets", type=positive_int, default=None,
                    help="length buckets of the child transformer (bucketed mode; "
                         "default: the encoder's)")
@@ -132,7 +134,7 @@ def _print_modes(res, modes) -> None:
 
 def _run_train(args) -> int:
     if args.workers > 1:
-        if args.records or args.mode != "both" or args.lengths != "skewed" or args.profile:
+        if args.records or args.mode != ["both"] or args.lengths != "skewed" or args.profile:
             print("clue bench train: --workers > 1 runs the synthetic batch with the "
                   "encoder's default bucketing; drop --records/--mode/--lengths/--profile",
                   file=sys.stderr)
@@ -145,10 +147,11 @@ def _run_train(args) -> int:
 
     strategy = get_strategy(args.cpu_replicas)  # before anything else initialises TensorFlow
 
-    from clue_bench.train import MODES, bench_train
+    from clue_bench.train import DEFAULT_MODES, bench_train
     from clue_keras.encoder import DEFAULT_CHILD_BUCKETS, DEFAULT_PARENT_BUCKETS
 
-    modes = list(MODES) if args.mode == "both" else [args.mode]
+    modes = list(dict.fromkeys(m for arg in args.mode
+                               for m in (DEFAULT_MODES if arg == "both" else [arg])))
     try:
         res = bench_train(args.preset, steps=args.steps, batch_size=args.batch_size,
                           fill=args.fill, precision=args.precision, strategy=strategy,

@@ -65,6 +65,11 @@ class CLUEEncoder(keras.Model):
     all S items. The results equal the padded computation within float
     tolerance (tests/test_packing.py); bucketing happens inside a batch, so which
     users meet in a batch does not change.
+    ``static_shapes``: the child runs on every item slot, padding items included
+    (their vectors are zeroed), so no shape depends on the data and a training
+    step compiles under XLA (``jit_compile=True``); without it the gather of real
+    items has a data-dependent size that XLA rejects. On CPU it is slower than
+    the default (docs/PERFORMANCE.md, "XLA"); needs no buckets.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class CLUEEncoder(keras.Model):
         dropout: float = 0.0,
         child_buckets: Optional[int] = None,
         parent_buckets: Optional[int] = None,
+        static_shapes: bool = False,
         dtype=None,
         **kwargs,
     ):
@@ -102,6 +108,10 @@ class CLUEEncoder(keras.Model):
                              f"child_buckets={child_buckets}, parent_buckets={parent_buckets}")
         self.child_buckets = int(child_buckets)
         self.parent_buckets = int(parent_buckets)
+        if static_shapes and (self.child_buckets or self.parent_buckets):
+            raise ValueError("static_shapes=True runs every slot padded: it needs "
+                             "child_buckets=0 and parent_buckets=0")
+        self.static_shapes = bool(static_shapes)
 
         policy = self.dtype_policy
         self.token_embedding = keras.layers.Embedding(
@@ -233,7 +243,8 @@ class CLUEEncoder(keras.Model):
             ext = extents(mask)
             return computed_positions(ext, optimal_widths(ext, width, k))
 
-        child = side(token_mask, item_mask, self.max_tokens, self.child_buckets)
+        rows = tf.ones_like(item_mask) if self.static_shapes else item_mask
+        child = side(token_mask, rows, self.max_tokens, self.child_buckets)
         histories = ops.reshape(item_mask, (-1, self.max_items))
         parent = side(histories, tf.ones_like(histories[:, 0]), self.max_items,
                       self.parent_buckets)
@@ -242,6 +253,9 @@ class CLUEEncoder(keras.Model):
     def _items(self, flat, item_mask_flat, training):
         """Item vectors [B*P*S, D] (zeros for padding items): the child transformer on
         real items only, padded to L or bucketed by length, scattered back."""
+        if self.static_shapes:  # every slot, so that no shape depends on the data (XLA)
+            h = self.encode_items(flat, training=training)
+            return h * ops.cast(item_mask_flat, h.dtype)[:, None]
         if self.child_buckets:
             return bucketed_map(lambda ids: self.encode_items(ids, training=training),
                                 [flat], extents(ops.not_equal(flat, 0)), self.max_tokens,
@@ -280,5 +294,6 @@ class CLUEEncoder(keras.Model):
             num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,
             output_dim=self.output_dim, dropout=self.dropout,
             child_buckets=self.child_buckets, parent_buckets=self.parent_buckets,
+            static_shapes=self.static_shapes,
         )
         return config

@@ -75,7 +75,10 @@ class CLUEPretrainer(keras.Model):
         z = out["user_embedding"]                                   # [B, P, D] float32
         f = self.proj_out(self.proj_hidden(z))
         f = ops.cast(f, "float32")
-        out["projection"] = f / ops.maximum(ops.norm(f, axis=-1, keepdims=True), 1e-6)
+        # f / max(|f|, 1e-6), written as tf.math.l2_normalize does: the gradient of
+        # a norm at 0 is 0 * inf = NaN under XLA (tests/test_xla.py).
+        sq = ops.maximum(ops.sum(ops.square(f), axis=-1, keepdims=True), 1e-12)
+        out["projection"] = f * ops.rsqrt(sq)
         return out
 
     def compute_contrastive_loss(self, inputs, training=False):
