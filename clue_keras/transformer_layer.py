@@ -1,4 +1,5 @@
-"""keras-hub's TransformerEncoder with its attention softmax in float32."""
+"""keras-hub's TransformerEncoder with its attention softmax in float32 and its
+feed-forward matmuls as plain 2-D matrix products."""
 
 import keras
 import keras_hub
@@ -19,11 +20,32 @@ class Float32Softmax(keras.layers.Softmax):
 
 
 @keras.saving.register_keras_serializable(package="clue")
+class FlatDense(keras.layers.Dense):
+    """``Dense`` that folds the leading axes of its input into one: a [..., D] input
+    runs as a single [rows, D] x [D, units] matmul, then takes its shape back.
+
+    Keras' ``Dense`` multiplies a [N, T, D] input by the kernel as a broadcast
+    ``BatchMatMulV2``. Its kernel gradient is then N separate [D, T] x [T, units]
+    products summed by a ``Sum``: on CPU 70% and 14% of a clue-4m training
+    step's kernel time (docs/PERFORMANCE.md, "Profile"). Same weights and
+    results; 2-D ``MatMul`` forward and backward.
+    """
+
+    def call(self, inputs, training=None):
+        shape = ops.shape(inputs)
+        if len(shape) == 2:
+            return super().call(inputs, training=training)
+        y = super().call(ops.reshape(inputs, (-1, shape[-1])), training=training)
+        return ops.reshape(y, (*shape[:-1], self.units))
+
+
+@keras.saving.register_keras_serializable(package="clue")
 class TransformerLayer(keras_hub.layers.TransformerEncoder):
     """One post-norm transformer encoder block (keras-hub) with float32 softmax.
 
     LayerNorm already computes in float32 in Keras 3 (``ops.layer_normalization``);
-    this class only swaps the attention softmax. Same constructor and call as
+    this class swaps the attention softmax and makes the feed-forward layers
+    :class:`FlatDense`. Same constructor, weights and call as
     ``keras_hub.layers.TransformerEncoder``: call(x [B, T, D], padding_mask bool [B, T]).
     """
 
@@ -36,3 +58,6 @@ class TransformerLayer(keras_hub.layers.TransformerEncoder):
         attention._tracker.unlock()
         attention._softmax = Float32Softmax(axis=axis, dtype=self.dtype_policy)
         attention._tracker.lock()
+        # keras-hub builds plain Dense layers; same weights, 2-D matmuls.
+        self._feedforward_intermediate_dense.__class__ = FlatDense
+        self._feedforward_output_dense.__class__ = FlatDense

@@ -189,3 +189,40 @@ def test_training_steps_under_mixed_precision_follow_float32_gradients(policy, t
     rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
     assert rel < tolerance, f"{policy}: applied gradients are off by {rel:.3g} (relative) " \
         f"from float32; norms {np.linalg.norm(got):.3g} vs {np.linalg.norm(ref):.3g}"
+
+
+def test_feed_forward_runs_as_2d_matmuls_with_keras_hub_results():
+    """TransformerLayer's FlatDense gives keras-hub's TransformerEncoder results with
+    the same weights, and neither its forward nor its gradient holds a broadcast
+    BatchMatMulV2 (whose kernel gradient is a per-row batch of products + Sum)."""
+    import keras_hub
+
+    from clue_keras.transformer_layer import FlatDense, TransformerLayer
+
+    x = tf.random.stateless_normal((6, 5, 16), seed=(1, 2))
+    mask = tf.sequence_mask([5, 3, 1, 4, 2, 5], 5)
+    ours = TransformerLayer(32, 2, activation="gelu")
+    ref = keras_hub.layers.TransformerEncoder(32, 2, activation="gelu")
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    assert isinstance(ours._feedforward_output_dense, FlatDense)
+    np.testing.assert_allclose(ours(x, padding_mask=mask), ref(x, padding_mask=mask),
+                               atol=1e-5)
+
+    @tf.function
+    def grads(layer, x):
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(layer(x, padding_mask=mask) ** 2)
+        return tape.gradient(y, layer.trainable_variables)
+
+    for a, b in zip(grads(ours, x), grads(ref, x)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+    def batch_matmuls(layer):
+        graph = grads.get_concrete_function(layer, x).graph
+        return [op.name for op in graph.get_operations()
+                if op.type.startswith("BatchMatMul") and "feedforward" in op.name]
+
+    assert batch_matmuls(ref), "the reference should show the broadcast matmul"
+    assert batch_matmuls(ours) == []
