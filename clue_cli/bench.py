@@ -179,6 +179,8 @@ def _add_preprocess(bsub) -> None:
                    choices=["multi_processing", "multi_threading", "in_memory"])
     b.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
     b.add_argument("--no-local", action="store_true", help="skip prepare_local")
+    b.add_argument("--no-pandas", action="store_true",
+                   help="skip the pandas baseline (and the per-core ratio)")
     b.add_argument("--baseline-users", type=int, default=100,
                    help="small run measured first for the fixed cost; marginal rates are "
                         "relative to it (0: skip; default %(default)s)")
@@ -196,7 +198,8 @@ def _run_preprocess(args) -> int:
     result = bench_preprocess(args.users, work_dir=args.work, preset=args.preset, seed=args.seed,
                               beam_mode=args.beam_mode, workers=args.workers,
                               run_local=not args.no_local, keep=args.keep,
-                              baseline_users=args.baseline_users)
+                              baseline_users=args.baseline_users,
+                              run_pandas=not args.no_pandas)
     print(format_report(result))
     if args.json:
         _write_json(args.json, result)
