@@ -7,14 +7,14 @@ after every record file is written.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import apache_beam as beam
 
 from clue_keras.atomic import write_json_atomic
 from clue_keras.data.engines import remove_write_leftovers
 
-__all__ = ["count", "count_keys", "sum_of", "WriteStats"]
+__all__ = ["count", "count_keys", "sum_of", "sum_dicts", "WriteStats"]
 
 
 
@@ -34,6 +34,17 @@ def sum_of(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
     """One element: the sum of ``fn`` over ``pcoll``."""
     return (pcoll | f"{label}Values" >> beam.Map(fn)
             | label >> beam.CombineGlobally(sum))
+
+
+def _sum_keys(dicts: Iterable[Dict[str, int]], keys: Tuple[str, ...]) -> Dict[str, int]:
+    dicts = list(dicts)
+    return {k: sum(d.get(k, 0) for d in dicts) for k in keys}
+
+
+def sum_dicts(pcoll: beam.PCollection, keys: Tuple[str, ...], label: str) -> beam.PCollection:
+    """Dicts of counts -> one ``{key: sum}`` dict with every one of ``keys`` (0 when
+    ``pcoll`` is empty): one combine for several counts."""
+    return pcoll | label >> beam.CombineGlobally(_sum_keys, keys=keys)
 
 
 def _named(value: Any, name: str) -> Tuple[str, Any]:

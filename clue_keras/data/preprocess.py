@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
 
-from clue_keras.data.counts import WriteStats, count, count_keys, sum_of
+from clue_keras.data.counts import WriteStats, count, count_keys, sum_dicts, sum_of
 from clue_keras.data.engines import num_shards, select_tags
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
@@ -53,7 +53,7 @@ DROPPED = "dropped"
 __all__ = [
     "VOCAB_DIRNAME", "STATS_FILENAME", "OUTPUT_PREFIX", "SPLITS",
     "InputValidationError", "BadRow", "parse_row", "build_history", "is_active",
-    "user_outcome", "split_index", "ReadRowBatches", "ParseRowBatches", "ParseRows", "CleanUsers", "BuildUserHistories", "split_by_user",
+    "user_outcome", "USER_COUNT_KEYS", "user_counts", "split_index", "ReadRowBatches", "ParseRowBatches", "ParseRows", "CleanUsers", "BuildUserHistories", "split_by_user",
     "TrainVocab", "EncodeUserFn", "EncodeUsers", "WriteStats", "build_pipeline",
 ]
 
@@ -105,6 +105,24 @@ def user_outcome(user: Tuple[str, Any], min_items: int, min_services: int) -> st
     if len(cleaned.items) < min_services:
         return USER_DROP_KEYS[1]
     return "users_kept"
+
+
+#: The per-user counts of ``stats.json`` (`user_counts`).
+USER_COUNT_KEYS = ("users_read", "users_kept", *USER_DROP_KEYS, "users_kept_single_service",
+                   EMPTY_TEXT_KEY, "rows_duplicate", "rows_text_capped", "items_truncated")
+
+
+def user_counts(user: Tuple[str, Any], min_items: int, min_services: int) -> Dict[str, int]:
+    """What one ``(user_id, CleanedUser)`` adds to each of `USER_COUNT_KEYS`: summed over
+    users (`clue_keras.data.counts.sum_dicts`, one combine for all)."""
+    outcome, cleaned = user_outcome(user, min_items, min_services), user[1]
+    counts = dict.fromkeys(USER_COUNT_KEYS, 0)
+    counts.update({"users_read": 1, outcome: 1, EMPTY_TEXT_KEY: cleaned.n_empty,
+                   "rows_duplicate": cleaned.n_duplicates, "rows_text_capped": cleaned.n_capped,
+                   "items_truncated": cleaned.n_truncated,
+                   "users_kept_single_service": int(outcome == "users_kept"
+                                                    and len(cleaned.items) == 1)})
+    return counts
 
 
 def is_active(user: Tuple[str, Any], min_items: int, min_services: int) -> bool:
@@ -356,18 +374,9 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     counts = {
         "rows_read": sum_of(raw, len, "CountRows"),
         "_rows_dropped": count_keys(parsed[DROPPED], tuple(DROP_KEYS.values()), "CountDropped"),
-        "users_read": count(cleaned, "CountUsersRead"),
-        "users_kept": count(active, "CountUsersKept"),
-        "_users_dropped": count_keys(
-            cleaned | "UserOutcome" >> beam.Map(user_outcome, min_items=min_items,
-                                                min_services=min_services),
-            USER_DROP_KEYS, "CountUsersDropped"),
-        "users_kept_single_service": sum_of(active, lambda u: int(len(u[1].items) == 1),
-                                          "SumSingleService"),
-        EMPTY_TEXT_KEY: sum_of(cleaned, lambda u: u[1].n_empty, "SumEmpty"),
-        "rows_duplicate": sum_of(cleaned, lambda u: u[1].n_duplicates, "SumDuplicates"),
-        "rows_text_capped": sum_of(cleaned, lambda u: u[1].n_capped, "SumCapped"),
-        "items_truncated": sum_of(cleaned, lambda u: u[1].n_truncated, "SumTruncated"),
+        "_users": sum_dicts(cleaned | "UserCounts" >> beam.Map(
+            user_counts, min_items=min_items, min_services=min_services),
+            USER_COUNT_KEYS, "SumUserCounts"),
     }
     written = {}
     for split, split_users in splits.items():
