@@ -160,7 +160,8 @@ def machine() -> Dict[str, Any]:
 def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, preset: str = "clue-4m",
                      seed: int = 0, beam_mode: str = "multi_processing", workers: int = 0,
                      run_local: bool = True, keep: bool = False,
-                     baseline_users: int = 100, run_pandas: bool = True, log=print) -> Dict[str, Any]:
+                     baseline_users: int = 100, run_pandas: bool = True,
+                     reuse_data: bool = False, log=print) -> Dict[str, Any]:
     """Benchmarks preprocessing for each user count; see the module docstring.
 
     Args:
@@ -173,11 +174,13 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
       run_local: also time `prepare_local`.
       run_pandas: also time the pandas baseline (`clue_bench.pandas_baseline`)
         and report ``per_core_ratio``.
-      keep: keep data and outputs under ``work_dir``.
+      keep: keep the data under ``work_dir`` (the outputs are removed after each N).
       baseline_users: a small run measured first to estimate the fixed cost
         (Beam runner start-up, ...); each run then also gets
         ``marginal_behaviors_per_s`` / ``marginal_users_per_s`` = extra rows
         (users) over extra seconds relative to it. 0 skips it.
+      reuse_data: use the data and raw tf.Examples an earlier ``keep`` run left in
+        ``work_dir`` for the same N and seed instead of generating them again.
       log: progress callback (one line per step).
 
     Returns:
@@ -209,16 +212,28 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
     def measure(n: int) -> Dict[str, Any]:
         base = os.path.join(work_dir, f"users-{n}")
         data, raw = os.path.join(base, "data"), os.path.join(base, "raw")
-        shutil.rmtree(base, ignore_errors=True)
-        log(f"[{n:,} users] generating synthetic Parquet logs (not timed) ...")
-        t0 = time.perf_counter()
-        synth.generate(data, users=n, seed=seed, fmt="parquet", tasks=())
-        generate_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows = write_raw_examples(data, raw)
-        convert_s = time.perf_counter() - t0
-        log(f"[{n:,} users] {rows:,} behaviours; generated in {generate_s:.1f} s, "
-            f"converted to raw tf.Examples in {convert_s:.1f} s (neither is timed below)")
+        marker = os.path.join(base, "data.json")  # written once data and raw are complete
+        try:
+            with open(marker) as f:
+                made = json.load(f) if reuse_data else {}
+        except (OSError, ValueError):
+            made = {}
+        if made.get("seed") == seed and made.get("users") == n:
+            rows, generate_s, convert_s = int(made["rows"]), None, None
+            log(f"[{n:,} users] reusing {rows:,} behaviours in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+            log(f"[{n:,} users] generating synthetic Parquet logs (not timed) ...")
+            t0 = time.perf_counter()
+            synth.generate(data, users=n, seed=seed, fmt="parquet", tasks=())
+            generate_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rows = write_raw_examples(data, raw)
+            convert_s = time.perf_counter() - t0
+            with open(marker, "w") as f:
+                json.dump({"users": n, "seed": seed, "rows": rows}, f)
+            log(f"[{n:,} users] {rows:,} behaviours; generated in {generate_s:.1f} s, "
+                f"converted to raw tf.Examples in {convert_s:.1f} s (neither is timed below)")
         run: Dict[str, Any] = {"users": n, "behaviors": rows, "generate_s": generate_s,
                                "convert_to_examples_s": convert_s}
         log(f"[{n:,} users] Beam ({beam_mode}, workers={workers or 'all cores'}) ...")
@@ -244,6 +259,8 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
             local = time_local(data, os.path.join(base, "local_out"), params)
             run["local"] = _rates(local["seconds"], rows, n)
             log(f"[{n:,} users] prepare_local: {_line(run['local'])}")
+        for out in ("beam_out", "local_out"):
+            shutil.rmtree(os.path.join(base, out), ignore_errors=True)
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
         return run

@@ -174,7 +174,9 @@ def _add_preprocess(bsub) -> None:
                    help="model preset fixing S, L and the vocabulary size (default %(default)s)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--work", help="working directory (default: a temporary one)")
-    b.add_argument("--keep", action="store_true", help="keep the data and outputs in --work")
+    b.add_argument("--keep", action="store_true", help="keep the data in --work")
+    b.add_argument("--reuse-data", action="store_true",
+                   help="reuse the data an earlier --keep run left in --work (same N and seed)")
     b.add_argument("--beam-mode", default="multi_processing",
                    choices=["multi_processing", "multi_threading", "in_memory"])
     b.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
@@ -199,7 +201,7 @@ def _run_preprocess(args) -> int:
                               beam_mode=args.beam_mode, workers=args.workers,
                               run_local=not args.no_local, keep=args.keep,
                               baseline_users=args.baseline_users,
-                              run_pandas=not args.no_pandas)
+                              run_pandas=not args.no_pandas, reuse_data=args.reuse_data)
     print(format_report(result))
     if args.json:
         _write_json(args.json, result)
