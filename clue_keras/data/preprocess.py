@@ -290,8 +290,7 @@ def TrainVocab(train: beam.PCollection, services: beam.PCollection, vocab_dir: s
 
 
 class EncodeUserFn(beam.DoFn):
-    """A batch of ``(user_id, CleanedUser)`` -> a serialized per-user tf.Example each
-    (docs/ARCHITECTURE.md); the texts of a service are tokenised in one batch.
+    """``(user_id, CleanedUser)`` -> serialized per-user tf.Example (docs/ARCHITECTURE.md).
 
     The tokenizer is loaded once per DoFn instance from the vocab directory
     given as a side input (so encoding starts only after `TrainVocab`).
@@ -301,8 +300,7 @@ class EncodeUserFn(beam.DoFn):
         super().__init__()
         self._tokenizer = None
 
-    def process(self, users: List[Tuple[str, Any]],
-                vocab_dir: Optional[str]) -> Iterable[bytes]:
+    def process(self, user: Tuple[str, Any], vocab_dir: Optional[str]) -> Iterable[bytes]:
         from clue_keras.data.records import build_user_example
         from clue_keras.tokenizer import OfflineTokenizer
 
@@ -310,26 +308,17 @@ class EncodeUserFn(beam.DoFn):
             return
         if self._tokenizer is None or self._tokenizer.vocab_dir != vocab_dir:
             self._tokenizer = OfflineTokenizer(vocab_dir)
-        texts: Dict[str, List[str]] = {}
-        for _, cleaned in users:
-            for service, items in cleaned.items.items():
-                texts.setdefault(service, []).extend(items)
-        ids = {s: iter(self._tokenizer.encode_items(t, s)) for s, t in texts.items()}
-        for user_id, cleaned in users:
-            yield build_user_example(
-                user_id, {s: [next(ids[s]) for _ in items] for s, items in cleaned.items.items()},
-                self._tokenizer.info.services).SerializeToString()
+        user_id, cleaned = user
+        ids = {service: self._tokenizer.encode_items(texts, service)
+               for service, texts in cleaned.items.items()}
+        yield build_user_example(user_id, ids, self._tokenizer.info.services).SerializeToString()
 
 
 @beam.ptransform_fn
-def EncodeUsers(users: beam.PCollection, vocab_dir: beam.PCollection,  # pylint: disable=invalid-name
-                batch_users: int = 256) -> beam.PCollection:
-    """``(user_id, CleanedUser)`` -> serialized tf.Examples, ``batch_users`` at a time;
-    ``vocab_dir`` a singleton."""
-    return (users
-            | "Batch" >> beam.BatchElements(min_batch_size=batch_users,
-                                            max_batch_size=batch_users)
-            | "Encode" >> beam.ParDo(EncodeUserFn(), beam.pvalue.AsSingleton(vocab_dir)))
+def EncodeUsers(users: beam.PCollection, vocab_dir: beam.PCollection  # pylint: disable=invalid-name
+                ) -> beam.PCollection:
+    """``(user_id, CleanedUser)`` -> serialized tf.Examples; ``vocab_dir`` a singleton."""
+    return users | "Encode" >> beam.ParDo(EncodeUserFn(), beam.pvalue.AsSingleton(vocab_dir))
 
 
 # ---------------------------------------------------------------------------
