@@ -197,7 +197,9 @@ def ParseRowBatches(batches: beam.PCollection,  # pylint: disable=invalid-name
 @beam.ptransform_fn
 def ParseRows(serialized: beam.PCollection,  # pylint: disable=invalid-name
               batch_rows: int = BATCH_ROWS) -> Dict[str, beam.PCollection]:
-    """bytes (serialized raw tf.Examples) -> `ParseRowBatches` of batches of them."""
+    """bytes (serialized raw tf.Examples) -> `ParseRowBatches` of batches of them
+    (``beam.BatchElements``, whose output the Dask runner loses: `build_pipeline`
+    reads batches with `ReadRowBatches` instead)."""
     return (serialized | "Batch" >> beam.BatchElements(min_batch_size=batch_rows,
                                                        max_batch_size=batch_rows)
             | "ParseBatches" >> ParseRowBatches())  # pylint: disable=no-value-for-parameter
