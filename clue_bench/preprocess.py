@@ -15,6 +15,12 @@ Timed, separately:
   schema / anomaly checks of the executor) is not included.
 * ``local``: `clue_keras.data.prepare.prepare_local`, the same preprocessing in
   one Python process with pandas, reading the Parquet files itself.
+* ``pandas``: the plain pandas baseline of issue 14 (`clue_bench.pandas_baseline`):
+  one core reads the same Parquet files, normalises, drops repeats, orders by
+  time, keeps the newest S per (user, service), drops inactive users and
+  tokenises every kept text in batch with the vocabulary the Beam run trained;
+  it writes nothing. ``per_core_ratio`` = (Beam seconds x cores Beam used) /
+  pandas seconds: the issue's target is <= 3.
 
 Reported per N: wall seconds, behaviours/s and users/s; over all N the growth
 exponent k of ``time ~ N^k`` (least-squares fit of log time on log N; 1 is
@@ -110,6 +116,20 @@ def time_local(data_dir: str, out_dir: str, params: Dict[str, Any]) -> Dict[str,
     return {"seconds": time.perf_counter() - start, "stats": stats}
 
 
+def beam_cores(mode: str, workers: int) -> int:
+    """Cores a DirectRunner run uses: ``workers`` (0: every core) when it runs
+    several processes, else 1 (threads share the interpreter lock)."""
+    if mode != "multi_processing":
+        return 1
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return int(workers) or (len(cpus) if cpus else (os.cpu_count() or 1))
+
+
+def per_core_ratio(beam_s: float, cores: int, pandas_s: float) -> float:
+    """(Beam seconds x cores it used) / (pandas seconds x 1 core)."""
+    return beam_s * cores / pandas_s
+
+
 def growth_exponent(users: Sequence[int], seconds: Sequence[float]) -> Optional[float]:
     """Slope k of the least-squares line log(seconds) = k log(users) + c (None if < 2 points)."""
     import numpy as np
@@ -140,7 +160,8 @@ def machine() -> Dict[str, Any]:
 def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, preset: str = "clue-4m",
                      seed: int = 0, beam_mode: str = "multi_processing", workers: int = 0,
                      run_local: bool = True, keep: bool = False,
-                     baseline_users: int = 100, log=print) -> Dict[str, Any]:
+                     baseline_users: int = 100, run_pandas: bool = True,
+                     reuse_data: bool = False, log=print) -> Dict[str, Any]:
     """Benchmarks preprocessing for each user count; see the module docstring.
 
     Args:
@@ -151,16 +172,21 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
       seed: synthetic data seed.
       beam_mode, workers: DirectRunner running mode and worker count (0 = cores).
       run_local: also time `prepare_local`.
-      keep: keep data and outputs under ``work_dir``.
+      run_pandas: also time the pandas baseline (`clue_bench.pandas_baseline`)
+        and report ``per_core_ratio``.
+      keep: keep the data under ``work_dir`` (the outputs are removed after each N).
       baseline_users: a small run measured first to estimate the fixed cost
         (Beam runner start-up, ...); each run then also gets
         ``marginal_behaviors_per_s`` / ``marginal_users_per_s`` = extra rows
         (users) over extra seconds relative to it. 0 skips it.
+      reuse_data: use the data and raw tf.Examples an earlier ``keep`` run left in
+        ``work_dir`` for the same N and seed instead of generating them again.
       log: progress callback (one line per step).
 
     Returns:
       ``{"machine", "settings", "baseline", "runs": [{"users", "behaviors",
-      "beam": {...}, "local": {...}}], "growth_exponent": {"beam": k, "local": k}}``
+      "beam": {...}, "local": {...}, "pandas": {...}, "per_core_ratio": r}],
+      "growth_exponent": {"beam": k, "local": k, "pandas": k}}``
       where each timing has ``seconds``, ``behaviors_per_s``, ``users_per_s``
       (and the marginal rates when there is a baseline).
     """
@@ -179,22 +205,35 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
               "eval_percent": defaults.eval_percent, "test_percent": defaults.test_percent,
               "bpe_sample_size": defaults.bpe_sample_size, "num_shards": 0}
     options = beam_options(beam_mode, workers)
+    cores = beam_cores(beam_mode, workers)
     owned = work_dir is None
     work_dir = work_dir or tempfile.mkdtemp(prefix="clue-bench-preprocess-")
 
     def measure(n: int) -> Dict[str, Any]:
         base = os.path.join(work_dir, f"users-{n}")
         data, raw = os.path.join(base, "data"), os.path.join(base, "raw")
-        shutil.rmtree(base, ignore_errors=True)
-        log(f"[{n:,} users] generating synthetic Parquet logs (not timed) ...")
-        t0 = time.perf_counter()
-        synth.generate(data, users=n, seed=seed, fmt="parquet", tasks=())
-        generate_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows = write_raw_examples(data, raw)
-        convert_s = time.perf_counter() - t0
-        log(f"[{n:,} users] {rows:,} behaviours; generated in {generate_s:.1f} s, "
-            f"converted to raw tf.Examples in {convert_s:.1f} s (neither is timed below)")
+        marker = os.path.join(base, "data.json")  # written once data and raw are complete
+        try:
+            with open(marker) as f:
+                made = json.load(f) if reuse_data else {}
+        except (OSError, ValueError):
+            made = {}
+        if made.get("seed") == seed and made.get("users") == n:
+            rows, generate_s, convert_s = int(made["rows"]), None, None
+            log(f"[{n:,} users] reusing {rows:,} behaviours in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+            log(f"[{n:,} users] generating synthetic Parquet logs (not timed) ...")
+            t0 = time.perf_counter()
+            synth.generate(data, users=n, seed=seed, fmt="parquet", tasks=())
+            generate_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rows = write_raw_examples(data, raw)
+            convert_s = time.perf_counter() - t0
+            with open(marker, "w") as f:
+                json.dump({"users": n, "seed": seed, "rows": rows}, f)
+            log(f"[{n:,} users] {rows:,} behaviours; generated in {generate_s:.1f} s, "
+                f"converted to raw tf.Examples in {convert_s:.1f} s (neither is timed below)")
         run: Dict[str, Any] = {"users": n, "behaviors": rows, "generate_s": generate_s,
                                "convert_to_examples_s": convert_s}
         log(f"[{n:,} users] Beam ({beam_mode}, workers={workers or 'all cores'}) ...")
@@ -206,15 +245,27 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
         run["beam"] = _rates(beam["seconds"], rows, n)
         run["beam"]["users_kept"] = beam["stats"]["users_kept"]
         log(f"[{n:,} users] Beam: {_line(run['beam'])}")
+        if run_pandas:
+            from clue_bench.pandas_baseline import time_pandas
+
+            pandas = time_pandas(data, os.path.join(base, "beam_out", "vocab"), params)
+            run["pandas"] = _rates(pandas["seconds"], rows, n)
+            run["pandas"]["users_kept"] = pandas["users"]
+            run["per_core_ratio"] = per_core_ratio(run["beam"]["seconds"], cores,
+                                                   pandas["seconds"])
+            log(f"[{n:,} users] pandas baseline: {_line(run['pandas'])}; Beam / pandas per "
+                f"core: {run['per_core_ratio']:.1f}x ({cores} Beam cores)")
         if run_local:
             local = time_local(data, os.path.join(base, "local_out"), params)
             run["local"] = _rates(local["seconds"], rows, n)
             log(f"[{n:,} users] prepare_local: {_line(run['local'])}")
+        for out in ("beam_out", "local_out"):
+            shutil.rmtree(os.path.join(base, out), ignore_errors=True)
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
         return run
 
-    methods = ["beam", "local"] if run_local else ["beam"]
+    methods = ["beam"] + (["local"] if run_local else []) + (["pandas"] if run_pandas else [])
     try:
         baseline = measure(int(baseline_users)) if baseline_users else None
         runs = [measure(int(n)) for n in users]
@@ -234,12 +285,15 @@ def bench_preprocess(users: Sequence[int], work_dir: Optional[str] = None, prese
     return {
         "machine": machine(),
         "settings": {"preset": preset, "seed": seed, "format": "parquet",
-                     "beam_options": options, "params": params,
+                     "beam_options": options, "beam_cores": cores, "params": params,
                      "timed": {"beam": "clue_keras.data.preprocess.build_pipeline "
                                        "on raw tf.Example TFRecords (ExampleGen output), "
                                        "DirectRunner",
                                "local": "clue_keras.data.prepare.prepare_local on the Parquet "
-                                        "files, one process"}},
+                                        "files, one process",
+                               "pandas": "clue_bench.pandas_baseline on the Parquet files, "
+                                         "one process, tokenisation included, nothing "
+                                         "written"}},
         "baseline": baseline,
         "runs": runs,
         "growth_exponent": growth,
@@ -264,12 +318,13 @@ def format_report(result: Dict[str, Any]) -> str:
              f"{' '.join(result['settings']['beam_options'])}",
              f"beam  = {result['settings']['timed']['beam']}",
              f"local = {result['settings']['timed']['local']}",
+             f"pandas = {result['settings']['timed'].get('pandas', 'not run')}",
              "",
              f"{'users':>10} {'behaviours':>12} {'method':>6} {'seconds':>9} "
              f"{'behaviours/s':>13} {'users/s':>9} {'marginal behaviours/s':>22}"]
     baseline = result.get("baseline")
     for r in ([baseline] if baseline else []) + result["runs"]:
-        for method in ("beam", "local"):
+        for method in ("beam", "local", "pandas"):
             if method not in r:
                 continue
             t = r[method]
@@ -279,6 +334,13 @@ def format_report(result: Dict[str, Any]) -> str:
             lines.append(f"{r['users']:>10,} {r['behaviors']:>12,} {method:>6} "
                          f"{t['seconds']:>9.1f} {t['behaviors_per_s']:>13,.0f} "
                          f"{t['users_per_s']:>9,.0f} {last:>22}")
+    cores = result["settings"].get("beam_cores", 1)
+    for r in result["runs"]:
+        if "per_core_ratio" in r:
+            lines.append(f"{r['users']:>10,} users: Beam / pandas per core = "
+                         f"{r['beam']['seconds']:.1f} s x {cores} / "
+                         f"{r['pandas']['seconds']:.1f} s = {r['per_core_ratio']:.1f}x "
+                         f"(target <= 3)")
     for method, k in result["growth_exponent"].items():
         lines.append(f"growth exponent ({method}): "
                      + ("n/a (needs two user counts)" if k is None else

@@ -185,11 +185,15 @@ def _add_preprocess(bsub) -> None:
                    help="model preset fixing S, L and the vocabulary size (default %(default)s)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--work", help="working directory (default: a temporary one)")
-    b.add_argument("--keep", action="store_true", help="keep the data and outputs in --work")
+    b.add_argument("--keep", action="store_true", help="keep the data in --work")
+    b.add_argument("--reuse-data", action="store_true",
+                   help="reuse the data an earlier --keep run left in --work (same N and seed)")
     b.add_argument("--beam-mode", default="multi_processing",
                    choices=["multi_processing", "multi_threading", "in_memory"])
     b.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
     b.add_argument("--no-local", action="store_true", help="skip prepare_local")
+    b.add_argument("--no-pandas", action="store_true",
+                   help="skip the pandas baseline (and the per-core ratio)")
     b.add_argument("--baseline-users", type=int, default=100,
                    help="small run measured first for the fixed cost; marginal rates are "
                         "relative to it (0: skip; default %(default)s)")
@@ -207,7 +211,8 @@ def _run_preprocess(args) -> int:
     result = bench_preprocess(args.users, work_dir=args.work, preset=args.preset, seed=args.seed,
                               beam_mode=args.beam_mode, workers=args.workers,
                               run_local=not args.no_local, keep=args.keep,
-                              baseline_users=args.baseline_users)
+                              baseline_users=args.baseline_users,
+                              run_pandas=not args.no_pandas, reuse_data=args.reuse_data)
     print(format_report(result))
     if args.json:
         _write_json(args.json, result)

@@ -5,12 +5,13 @@ The one definition of preprocessing. The BehaviorPreprocess TFX component
 pipeline's Beam runner; `clue_keras.data.prepare.prepare_local` runs the same
 `build_pipeline` in this process (DirectRunner, in memory). Beam graph::
 
-  raw tf.Examples (ExampleGen output)
-    | ParseRows            -> {"rows": {"user_id", "service", "timestamp", "item_text"},
+  raw tf.Examples (ExampleGen output), read in batches (ReadRowBatches)
+    | ParseRowBatches      -> {"rows": (user shard, [(user_id, service, timestamp,
+                               item_text), ...]) per batch (`clue_keras.data.row_batches`),
                                "dropped": stats key of each dropped row}
     | BuildUserHistories   -> {"all": (user_id, CleanedUser) of every user,
                                "active": those at or above the activity threshold}
-                              (text normalised and capped at max_text_bytes, empty
+                              (one GroupByKey per user shard; text normalised and capped at max_text_bytes, empty
                               texts and exact repeats dropped, newest S per
                               service, oldest first)
     | split_by_user        -> train / eval / test by a hash of user_id
@@ -31,13 +32,14 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
-import tensorflow as tf
 
-from clue_keras.atomic import write_json_atomic
-from clue_keras.data.engines import (ReadTFRecords, num_shards, remove_write_leftovers,
-                                      select_tags)
+from clue_keras.data.counts import WriteStats, count, count_keys, sum_dicts, sum_of
+from clue_keras.data.engines import num_shards, select_tags
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
+from clue_keras.data.row_batches import (BATCH_ROWS, NUM_USER_SHARDS, clean_shard,
+                                         example_cells, parse_batch, read_batches,
+                                         shard_rows)
 from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
                                     behavior_row)
 from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
@@ -51,7 +53,7 @@ DROPPED = "dropped"
 __all__ = [
     "VOCAB_DIRNAME", "STATS_FILENAME", "OUTPUT_PREFIX", "SPLITS",
     "InputValidationError", "BadRow", "parse_row", "build_history", "is_active",
-    "user_outcome", "split_index", "ParseRows", "CleanUsers", "BuildUserHistories", "split_by_user",
+    "user_outcome", "USER_COUNT_KEYS", "user_counts", "split_index", "ReadRowBatches", "ParseRowBatches", "ParseRows", "CleanUsers", "BuildUserHistories", "split_by_user",
     "TrainVocab", "EncodeUserFn", "EncodeUsers", "WriteStats", "build_pipeline",
 ]
 
@@ -64,11 +66,6 @@ class InputValidationError(ValueError):
 # Per-element functions (picklable, no state).
 # ---------------------------------------------------------------------------
 
-def _feature_values(feature: tf.train.Feature) -> list:
-    kind = feature.WhichOneof("kind")
-    return list(getattr(feature, kind).value) if kind else []
-
-
 def parse_row(serialized: bytes) -> Dict[str, Any]:
     """Serialized raw tf.Example -> ``{"user_id": str, "service": str,
     "timestamp": int, "item_text": str ("" when empty)}``.
@@ -76,15 +73,14 @@ def parse_row(serialized: bytes) -> Dict[str, Any]:
     Any feature kind is accepted for every column, as ExampleGen infers it:
     integer ids become their decimal string, the timestamp may be int64 (unix
     seconds or an ordinal), a float or an ISO-8601 string
-    (`clue_keras.data.values.behavior_row`).
+    (`clue_keras.data.values.behavior_row`). `ParseRows` parses batches
+    (`clue_keras.data.row_batches.parse_batch`), with the same result per row.
 
     Raises:
       BadRow: the row is dropped; ``.key`` is the stats key counting it
         (``rows_dropped_empty_user``, ``rows_dropped_bad_timestamp``, ...).
     """
-    feats = tf.train.Example.FromString(serialized).features.feature
-    cells = [_feature_values(feats[c]) if c in feats else [] for c in BEHAVIOR_COLUMNS]
-    user, service, ts, text = behavior_row(*cells)
+    user, service, ts, text = behavior_row(*example_cells([serialized])[0])
     return {"user_id": user, "service": service, "timestamp": ts, "item_text": text}
 
 
@@ -111,6 +107,24 @@ def user_outcome(user: Tuple[str, Any], min_items: int, min_services: int) -> st
     return "users_kept"
 
 
+#: The per-user counts of ``stats.json`` (`user_counts`).
+USER_COUNT_KEYS = ("users_read", "users_kept", *USER_DROP_KEYS, "users_kept_single_service",
+                   EMPTY_TEXT_KEY, "rows_duplicate", "rows_text_capped", "items_truncated")
+
+
+def user_counts(user: Tuple[str, Any], min_items: int, min_services: int) -> Dict[str, int]:
+    """What one ``(user_id, CleanedUser)`` adds to each of `USER_COUNT_KEYS`: summed over
+    users (`clue_keras.data.counts.sum_dicts`, one combine for all)."""
+    outcome, cleaned = user_outcome(user, min_items, min_services), user[1]
+    counts = dict.fromkeys(USER_COUNT_KEYS, 0)
+    counts.update({"users_read": 1, outcome: 1, EMPTY_TEXT_KEY: cleaned.n_empty,
+                   "rows_duplicate": cleaned.n_duplicates, "rows_text_capped": cleaned.n_capped,
+                   "items_truncated": cleaned.n_truncated,
+                   "users_kept_single_service": int(outcome == "users_kept"
+                                                    and len(cleaned.items) == 1)})
+    return counts
+
+
 def is_active(user: Tuple[str, Any], min_items: int, min_services: int) -> bool:
     """Activity threshold: >= ``min_items`` kept items and >= ``min_services`` services."""
     return user_outcome(user, min_items, min_services) == "users_kept"
@@ -128,51 +142,85 @@ def split_index(user: Tuple[str, Any], num_partitions: int, eval_percent: int,
 # Composite transforms.
 # ---------------------------------------------------------------------------
 
-class _ParseRowFn(beam.DoFn):
-    """`parse_row` -> ``("rows", row)``; a dropped row -> ``("dropped", its stats key)``
-    (the first few are logged with the reason)."""
+class _ParseBatchFn(beam.DoFn):
+    """A batch of serialized raw tf.Examples (`parse_batch`) -> ``("rows", (shard,
+    rows))`` per user shard of its usable rows (`shard_rows`), ``("dropped", stats
+    key)`` per dropped row (the first few are logged with the reason)."""
 
     _LOG_FIRST = 5
 
-    def __init__(self):
+    def __init__(self, num_shards: int):
         super().__init__()
+        self._num_shards = num_shards
         self._logged = 0
 
-    def process(self, serialized: bytes):
-        try:
-            yield "rows", parse_row(serialized)
-        except BadRow as e:
+    def process(self, batch: List[bytes]):
+        rows, bad = parse_batch(batch)
+        for e in bad:
             if self._logged < self._LOG_FIRST:
                 from absl import logging
 
                 self._logged += 1
                 logging.warning("BehaviorPreprocess: dropping a row (%s): %s", e.key, e)
             yield DROPPED, e.key
+        for shard, shard_rows_ in shard_rows(rows, self._num_shards).items():
+            yield "rows", (shard, shard_rows_)
 
 
 @beam.ptransform_fn
-def ParseRows(serialized: beam.PCollection) -> Dict[str, beam.PCollection]:  # pylint: disable=invalid-name
-    """bytes (serialized raw tf.Example) -> ``{"rows": row dicts (`parse_row`),
-    "dropped": the stats key of each dropped row}`` (`select_tags`: portable to Dask)."""
-    return select_tags(serialized | "Parse" >> beam.ParDo(_ParseRowFn()), ("rows", DROPPED))
+def ReadRowBatches(pbegin: beam.pvalue.PBegin, pattern: str,  # pylint: disable=invalid-name
+                   batch_rows: int = BATCH_ROWS) -> beam.PCollection:
+    """The TFRecord files matching ``pattern`` -> lists of ``batch_rows`` records
+    (`clue_keras.data.row_batches.read_batches`); as `ReadTFRecords`, the files are
+    listed now and a pattern matching nothing is an error."""
+    from apache_beam.io.filesystems import FileSystems
+
+    files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not files:
+        raise OSError(f"No files found based on the file pattern {pattern}")
+    return (pbegin | "Files" >> beam.Create(files)
+            | "Read" >> beam.FlatMap(read_batches, batch_rows=batch_rows))
+
+
+@beam.ptransform_fn
+def ParseRowBatches(batches: beam.PCollection,  # pylint: disable=invalid-name
+                    num_shards: int = NUM_USER_SHARDS) -> Dict[str, beam.PCollection]:
+    """Lists of serialized raw tf.Examples -> ``{"rows": (user shard, [(user_id,
+    service, timestamp, item_text), ...]) (`clue_keras.data.row_batches`),
+    "dropped": the stats key of each dropped row}`` (`select_tags`: portable to
+    Dask). The batches are spread over the workers first (one worker reads a file)."""
+    parsed = (batches | "Spread" >> beam.Reshuffle()
+              | "Parse" >> beam.ParDo(_ParseBatchFn(num_shards)))
+    return select_tags(parsed, ("rows", DROPPED))
+
+
+@beam.ptransform_fn
+def ParseRows(serialized: beam.PCollection,  # pylint: disable=invalid-name
+              batch_rows: int = BATCH_ROWS) -> Dict[str, beam.PCollection]:
+    """bytes (serialized raw tf.Examples) -> `ParseRowBatches` of batches of them
+    (``beam.BatchElements``, whose output the Dask runner loses: `build_pipeline`
+    reads batches with `ReadRowBatches` instead)."""
+    return (serialized | "Batch" >> beam.BatchElements(min_batch_size=batch_rows,
+                                                       max_batch_size=batch_rows)
+            | "ParseBatches" >> ParseRowBatches())  # pylint: disable=no-value-for-parameter
 
 
 @beam.ptransform_fn
 def CleanUsers(rows: beam.PCollection, max_items: int,  # pylint: disable=invalid-name
                max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> beam.PCollection:
-    """rows -> ``(user_id, CleanedUser)`` for every user (`build_history`)."""
+    """``(shard, rows)`` (`ParseRows`) -> ``(user_id, CleanedUser)`` for every user
+    (`clue_keras.data.row_batches.clean_shard`; per user `build_history`)."""
     return (rows
-            | "KeyByUser" >> beam.Map(lambda r: (r["user_id"], r))
-            | "GroupByUser" >> beam.GroupByKey()
-            | "Clean" >> beam.Map(build_history, max_items=max_items,
-                                  max_text_bytes=max_text_bytes))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Clean" >> beam.FlatMap(clean_shard, max_items=max_items,
+                                      max_text_bytes=max_text_bytes))
 
 
 @beam.ptransform_fn
 def BuildUserHistories(rows: beam.PCollection, max_items: int, min_items: int,  # pylint: disable=invalid-name
                        min_services: int, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
                        ) -> Dict[str, beam.PCollection]:
-    """rows -> ``{"all": ..., "active": ...}`` PCollections of ``(user_id, CleanedUser)``.
+    """`ParseRows`' rows -> ``{"all": ..., "active": ...}`` PCollections of ``(user_id, CleanedUser)``.
 
     ``"all"`` holds every user (its counts feed the stats), ``"active"`` the
     users with >= ``min_items`` items and >= ``min_services`` services.
@@ -276,61 +324,6 @@ def EncodeUsers(users: beam.PCollection, vocab_dir: beam.PCollection  # pylint: 
 
 
 # ---------------------------------------------------------------------------
-# Counts and stats.json.
-# ---------------------------------------------------------------------------
-
-def _count(pcoll: beam.PCollection, label: str) -> beam.PCollection:
-    return pcoll | label >> beam.combiners.Count.Globally()
-
-
-def _count_keys(keys: beam.PCollection, names: Tuple[str, ...], label: str) -> beam.PCollection:
-    """Strings -> one ``{name: count}`` dict with every one of ``names`` (0 if unseen)."""
-    return (keys | f"{label}PerKey" >> beam.combiners.Count.PerElement()
-            | f"{label}Dict" >> beam.combiners.ToDict()
-            | f"{label}All" >> beam.Map(lambda d: {k: int(d.get(k, 0)) for k in names}))
-
-
-def _sum(pcoll: beam.PCollection, fn, label: str) -> beam.PCollection:
-    return (pcoll | f"{label}Values" >> beam.Map(fn)
-            | label >> beam.CombineGlobally(sum))
-
-
-def _named(value: Any, name: str) -> Tuple[str, Any]:
-    return name, value
-
-
-def _write_stats(_, path: str, services: List[str], counts: Dict[str, Any],
-                 written: List[str]) -> None:
-    remove_write_leftovers(written)  # none but on Dask (`clue_keras.data.engines`)
-    stats: Dict[str, Any] = {}
-    for key, value in counts.items():
-        if isinstance(value, dict):  # several counts at once (`_count_keys`)
-            stats.update({k: int(v) for k, v in value.items()})
-        else:
-            stats[key] = int(value)
-    stats["services"] = list(services)
-    write_json_atomic(path, stats)
-
-
-@beam.ptransform_fn
-def WriteStats(pbegin: beam.pvalue.PBegin, path: str, services: beam.PCollection,  # pylint: disable=invalid-name
-               counts: Mapping[str, beam.PCollection],
-               written: Mapping[str, beam.PCollection]) -> beam.PCollection:
-    """Writes ``{count name: int, ..., "services": [...]}`` to ``path`` (JSON, atomic)
-    once the ``counts`` (one-element PCollections of an int, or of a dict of
-    named ints merged in) are known and the files
-    ``written`` (PCollections of file names) are complete. One side input for all
-    counts: Dask recomputes each side input (`clue_keras.data.engines`)."""
-    named = [pcoll | f"Name[{k}]" >> beam.Map(_named, name=k) for k, pcoll in counts.items()]
-    all_counts = named | "Counts" >> beam.Flatten() | "CountsDict" >> beam.combiners.ToDict()
-    files = list(written.values()) | "Written" >> beam.Flatten()
-    return (pbegin | "Trigger" >> beam.Create([None])
-            | "Write" >> beam.Map(
-                _write_stats, path=path, services=beam.pvalue.AsSingleton(services),
-                counts=beam.pvalue.AsSingleton(all_counts), written=beam.pvalue.AsList(files)))
-
-
-# ---------------------------------------------------------------------------
 # The whole graph.
 # ---------------------------------------------------------------------------
 
@@ -353,8 +346,8 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     max_text_bytes = params.get("max_text_bytes")
     max_text_bytes = DEFAULT_MAX_TEXT_BYTES if max_text_bytes is None else int(max_text_bytes)
     min_items, min_services = int(params["min_items_per_user"]), int(params["min_services_per_user"])
-    raw = p | "ReadRaw" >> ReadTFRecords(raw_pattern)  # pylint: disable=no-value-for-parameter
-    parsed = raw | "ParseRows" >> ParseRows()  # pylint: disable=no-value-for-parameter
+    raw = p | "ReadRaw" >> ReadRowBatches(raw_pattern)  # pylint: disable=no-value-for-parameter
+    parsed = raw | "ParseRows" >> ParseRowBatches()  # pylint: disable=no-value-for-parameter
     users = parsed["rows"] | "BuildUserHistories" >> BuildUserHistories(  # pylint: disable=no-value-for-parameter
         max_items=max_items, min_items=min_items, min_services=min_services,
         max_text_bytes=max_text_bytes)
@@ -370,20 +363,11 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
         vocab_size=int(params["vocab_size"]), max_items=max_items, max_tokens=max_tokens,
         sample_size=int(params["bpe_sample_size"]), max_text_bytes=max_text_bytes)
     counts = {
-        "rows_read": _count(raw, "CountRows"),
-        "_rows_dropped": _count_keys(parsed[DROPPED], tuple(DROP_KEYS.values()), "CountDropped"),
-        "users_read": _count(cleaned, "CountUsersRead"),
-        "users_kept": _count(active, "CountUsersKept"),
-        "_users_dropped": _count_keys(
-            cleaned | "UserOutcome" >> beam.Map(user_outcome, min_items=min_items,
-                                                min_services=min_services),
-            USER_DROP_KEYS, "CountUsersDropped"),
-        "users_kept_single_service": _sum(active, lambda u: int(len(u[1].items) == 1),
-                                          "SumSingleService"),
-        EMPTY_TEXT_KEY: _sum(cleaned, lambda u: u[1].n_empty, "SumEmpty"),
-        "rows_duplicate": _sum(cleaned, lambda u: u[1].n_duplicates, "SumDuplicates"),
-        "rows_text_capped": _sum(cleaned, lambda u: u[1].n_capped, "SumCapped"),
-        "items_truncated": _sum(cleaned, lambda u: u[1].n_truncated, "SumTruncated"),
+        "rows_read": sum_of(raw, len, "CountRows"),
+        "_rows_dropped": count_keys(parsed[DROPPED], tuple(DROP_KEYS.values()), "CountDropped"),
+        "_users": sum_dicts(cleaned | "UserCounts" >> beam.Map(
+            user_counts, min_items=min_items, min_services=min_services),
+            USER_COUNT_KEYS, "SumUserCounts"),
     }
     written = {}
     for split, split_users in splits.items():
@@ -393,7 +377,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
             file_name_suffix=".gz",
             compression_type=beam.io.filesystem.CompressionTypes.GZIP,
             num_shards=num_shards(p, params))
-        counts[f"users_{split}"] = _count(encoded, f"CountUsers[{split}]")
-        counts[f"items_{split}"] = _sum(split_users, lambda u: u[1].n_items, f"SumItems[{split}]")
+        counts[f"users_{split}"] = count(encoded, f"CountUsers[{split}]")
+        counts[f"items_{split}"] = sum_of(split_users, lambda u: u[1].n_items, f"SumItems[{split}]")
     _ = p | "WriteStats" >> WriteStats(  # pylint: disable=no-value-for-parameter
         os.path.join(output_uri, STATS_FILENAME), services, counts, written)

@@ -172,18 +172,21 @@ def build_user_example(user_id: str, service_items: Mapping[str, Sequence[Sequen
     unknown = sorted(set(service_items) - set(services))
     if unknown:
         raise ValueError(f"user {user_id!r}: service(s) {unknown} not in {list(services)}")
-    feature = {USER_ID_KEY: tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[str(user_id).encode("utf-8")]))}
+    example = tf.train.Example()
+    feature = example.features.feature  # filled in place: no copies of the id lists
+    feature[USER_ID_KEY].bytes_list.value.append(str(user_id).encode("utf-8"))
     for service in services:
         items = service_items.get(service, [])
+        tokens = feature[tokens_key(service)].int64_list
+        lengths = feature[lengths_key(service)].int64_list
+        tokens.SetInParent()  # present even when empty
+        lengths.SetInParent()
         for i, item in enumerate(items):
             if len(item) == 0:
                 raise ValueError(f"user {user_id!r}, service {service!r}: item {i} is empty")
-        flat = [int(t) for item in items for t in item]
-        feature[tokens_key(service)] = tf.train.Feature(int64_list=tf.train.Int64List(value=flat))
-        feature[lengths_key(service)] = tf.train.Feature(
-            int64_list=tf.train.Int64List(value=[len(item) for item in items]))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+            tokens.value.extend(item)
+        lengths.value.extend([len(item) for item in items])
+    return example
 
 
 def parse_user_example(example, services: Sequence[str]) -> Tuple[str, Dict[str, List[List[int]]]]:

@@ -1,0 +1,162 @@
+"""Raw rows in batches: the per-row half of `clue_keras.data.preprocess`.
+
+Handling 4M behaviour rows one Beam element each costs more than the work on
+them (per-element protobuf parsing in Python, per-row shuffle, issue 14). So
+`clue_keras.data.preprocess.ParseRows` parses a whole batch of serialized raw
+tf.Examples at once (`parse_batch`: tfx_bsl's C++ decoder to Arrow, then the
+one row rule `clue_keras.data.values.behavior_row` on its cells) and emits
+one element per *user shard* of the batch: ``(shard, [row, ...])`` with
+``shard = crc32(user_id) mod num_shards`` (`user_shard`, the same in every
+process). One GroupByKey per shard brings all rows of a user together;
+`clean_shard` then cleans each user of the shard with
+`clue_keras.data.records.clean_behaviors`, as `preprocess.build_history` does.
+
+A row is ``(user_id, service, timestamp, item_text)`` (`Row`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+from clue_keras.data.values import BadRow, behavior_row
+from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
+
+#: Behaviour rows parsed as one batch.
+BATCH_ROWS = 4096
+#: User shards: the keys of the one GroupByKey over rows.
+NUM_USER_SHARDS = 64
+
+Row = Tuple[str, str, int, str]
+_COLUMNS = ("user_id", "service", "timestamp", "item_text")
+
+__all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "user_shard", "example_cells",
+           "parse_batch", "shard_rows", "clean_shard"]
+
+
+def read_batches(path: str, batch_rows: int = BATCH_ROWS) -> Iterable[List[bytes]]:
+    """The records of one TFRecord file, ``batch_rows`` at a time (the last batch may be
+    shorter): read by TensorFlow's C++ reader, local or remote, gzipped when the
+    name says so as Beam decides (``.gz``); another compression Beam knows
+    (``.bz2``, ``.deflate``, ...) goes through Beam's reader."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    kind = CompressionTypes.detect_compression_type(path)
+    if kind in (CompressionTypes.GZIP, CompressionTypes.UNCOMPRESSED):
+        import tensorflow as tf
+
+        ds = tf.data.TFRecordDataset(
+            path, compression_type="GZIP" if kind == CompressionTypes.GZIP else "",
+            buffer_size=1 << 22)
+        for batch in ds.batch(batch_rows).as_numpy_iterator():
+            yield list(batch)
+        return
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=protected-access
+
+    batch: List[bytes] = []
+    with FileSystems.open(path, compression_type=kind) as f:
+        while True:
+            record = _TFRecordUtil.read_record(f)
+            if record is None:
+                break
+            batch.append(record)
+            if len(batch) == batch_rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def user_shard(user_id: str, num_shards: int) -> int:
+    """``crc32(utf-8 user_id) mod num_shards``: stable across processes and runs."""
+    return zlib.crc32(user_id.encode("utf-8")) % num_shards
+
+
+def _proto_cells(serialized: bytes) -> List[list]:
+    import tensorflow as tf
+
+    feats = tf.train.Example.FromString(serialized).features.feature
+    cells = []
+    for column in _COLUMNS:
+        kind = feats[column].WhichOneof("kind") if column in feats else None
+        cells.append(list(getattr(feats[column], kind).value) if kind else [])
+    return cells
+
+
+def example_cells(serialized: Sequence[bytes]) -> List[List[list]]:
+    """Serialized raw tf.Examples -> per example the cells ``user_id``,
+    ``service``, ``timestamp``, ``item_text`` as `behavior_row` takes them (a
+    value, or a list of the values, ``None`` / ``[]`` when missing).
+
+    Decoded by tfx_bsl into Arrow in one call; a batch it cannot decode as one
+    table (a column with ints in one example and bytes in another) is decoded
+    example by example with the protobuf library: the same values either way.
+    """
+    from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
+
+    try:
+        batch = ExamplesToRecordBatchDecoder().DecodeBatch(list(serialized))
+    except Exception:  # pylint: disable=broad-except  # mixed types: per example
+        return [_proto_cells(s) for s in serialized]
+    columns = []
+    for column in _COLUMNS:
+        index = batch.schema.get_field_index(column)
+        columns.append(_cell_values(batch.column(index)) if index >= 0
+                       else [None] * batch.num_rows)
+    return [list(cells) for cells in zip(*columns)]
+
+
+def _cell_values(lists) -> list:
+    """An Arrow list column -> per row its one value, ``None`` when it has none (or is
+    null: the feature is missing), the list when it has several (`behavior_row`
+    takes a value or a list; lists of one are unwrapped there too)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type)):
+        return [None] * len(lists)  # type null: no example has a value
+    lens = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    flat = lists.flatten().to_pylist()
+    if len(flat) == len(lens) and (lens == 1).all():
+        return flat
+    out, start = [], 0
+    for n in lens.tolist():
+        out.append(flat[start] if n == 1 else (None if n == 0 else flat[start:start + n]))
+        start += n
+    return out
+
+
+def parse_batch(serialized: Sequence[bytes]) -> Tuple[List[Row], List[BadRow]]:
+    """Serialized raw tf.Examples -> (the usable rows, a `BadRow` per dropped row);
+    per row exactly `clue_keras.data.preprocess.parse_row`."""
+    rows: List[Row] = []
+    bad: List[BadRow] = []
+    for cells in example_cells(serialized):
+        try:
+            rows.append(behavior_row(*cells))
+        except BadRow as e:
+            bad.append(e)
+    return rows, bad
+
+
+def shard_rows(rows: Iterable[Row], num_shards: int) -> Dict[int, List[Row]]:
+    """Rows by `user_shard` of their user id."""
+    out: Dict[int, List[Row]] = {}
+    for row in rows:
+        out.setdefault(user_shard(row[0], num_shards), []).append(row)
+    return out
+
+
+def clean_shard(shard: Tuple[int, Iterable[Iterable[Row]]], max_items: int,
+                max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Iterable[Tuple[str, Any]]:
+    """``(shard, batches of rows)`` -> ``(user_id, CleanedUser)`` for every user in it
+    (`clue_keras.data.records.clean_behaviors` on each user's rows)."""
+    from clue_keras.data.records import clean_behaviors
+
+    per_user: Dict[str, List[Tuple[str, int, str]]] = {}
+    for rows in shard[1]:
+        for user, service, ts, text in rows:
+            per_user.setdefault(user, []).append((service, ts, text))
+    for user, rows in per_user.items():
+        yield user, clean_behaviors(rows, max_items, max_text_bytes=max_text_bytes)
