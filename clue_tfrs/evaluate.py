@@ -13,8 +13,9 @@ and scores, on the same test positives and the same ``uni100`` negatives:
 * ``T-UBM (BST)``: the sequence model on the task's own histories;
 * ``Hybrid (BST + <name>)``: T-UBM plus that feature set's user vector (by
   default ``CLUE``, when given), as a zero-initialised residual on the T-UBM's
-  user vector; it starts as exactly the T-UBM and is reported only when it
-  beats it on the validation users, otherwise the column is the T-UBM
+  user vector; it starts as exactly the trained T-UBM (its kept weights, the
+  feature weight zero; ``EvalConfig.hybrid_warm_start``) and is reported only
+  when it beats it on the validation users, otherwise the column is the T-UBM
   (``info["hybrid"]`` says which; see :func:`_select_hybrid`).
 
 Users (items) without a feature vector are cold-start: they get a zero vector
@@ -71,7 +72,8 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
             build=lambda: models_lib.UMLP(width=cfg.umlp_width, num_items=num_items,
                                           item_bias=cfg.umlp_item_bias),
             init_seed=seed + 100 + k, user_matrix=user_matrix, item_matrix=item_matrix,
-            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives))
+            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives,
+            batch_size=cfg.umlp_batch_size))
     if not cfg.run_sequence_models:
         return runs
     sequence_runs: List[Tuple[str, Optional[str]]] = [(T_UBM, None)]
@@ -102,6 +104,12 @@ def _hybrid_set(features: FeatureMatrices, cfg: EvalConfig) -> Optional[str]:
     """The feature set of the Hybrid column, or None when there is none to run."""
     name = cfg.hybrid_feature_set
     return name if cfg.run_sequence_models and name in features.matrices else None
+
+
+def _warm_starts(column: str, cfg: EvalConfig) -> bool:
+    """Whether ``column`` is the residual Hybrid that starts from the trained T-UBM."""
+    return (cfg.hybrid_warm_start and cfg.hybrid_fusion == "residual" and
+            column == hybrid_column(cfg.hybrid_feature_set or ""))
 
 
 def _select_hybrid(results: Dict[str, FitResult], hybrid_set: Optional[str], cfg: EvalConfig
@@ -180,7 +188,10 @@ def evaluate_task(
     features = protocol.feature_matrices(task, feature_sets)
     results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed, progress)
+        start_weights = (results[T_UBM].weights if _warm_starts(run.column, cfg) and
+                         T_UBM in results else None)
+        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed, progress,
+                               start_weights=start_weights)
         results[run.column] = result
         ranked[run.column], training[run.column] = result.ranked, result.history
         epochs_used[run.column], best_epoch[run.column] = result.epochs, result.best_epoch

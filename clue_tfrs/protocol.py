@@ -75,9 +75,13 @@ class EvalConfig:
     """
 
     fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
-    train_negatives: int = 4  # sampled negatives per training positive (sequence models)
-    umlp_train_negatives: int = 16  # U-MLP is cheap per pair: more negatives, better ranking
-    batch_size: int = 256  # (user, item) pairs per training batch: 256 // (1 + n) positives
+    # Training (clue_tfrs.fitting, sampled softmax): a batch holds `batch_size` positives,
+    # each scored against its own item and `train_negatives` items drawn uniformly once per
+    # batch and shared by all of them; validation positives get as many fixed negatives each.
+    train_negatives: int = 128  # shared negatives per batch (sequence models)
+    umlp_train_negatives: int = 128  # the same for the U-MLP
+    batch_size: int = 64  # training positives per batch (sequence models)
+    umlp_batch_size: int = 256  # the U-MLP's (two linear maps: the steps, not the math, cost)
     learning_rate: float = 1e-3
     # Early stopping (clue_tfrs.fitting.fit): at most `max_epochs` epochs (or
     # evaluate_task's `epochs`), stop after `patience` epochs without a validation
@@ -105,6 +109,9 @@ class EvalConfig:
     # is kept only if it beats it on the validation loss (evaluate._select_hybrid);
     # "concat" is the earlier joint design.
     hybrid_fusion: str = "residual"
+    # The residual Hybrid starts from the trained T-UBM's kept weights (feature weight zero)
+    # instead of training its sequence part again from the same initialisation.
+    hybrid_warm_start: bool = True
     top_k: int = 10
 
 
