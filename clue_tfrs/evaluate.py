@@ -14,9 +14,11 @@ and scores, on the same test positives and the same ``uni100`` negatives:
 * ``Hybrid (BST + <name>)``: T-UBM plus that feature set's user vector (by
   default ``CLUE``, when given), as a zero-initialised residual on the T-UBM's
   user vector; it starts as exactly the trained T-UBM (its kept weights, the
-  feature weight zero; ``EvalConfig.hybrid_warm_start``) and is reported only
-  when it beats it on the validation users, otherwise the column is the T-UBM
-  (``info["hybrid"]`` says which; see :func:`_select_hybrid`).
+  feature weight zero) and trains only the feature weight, a linear map, at
+  the U-MLP's learning rate (``EvalConfig.hybrid_warm_start``; else it trains everything from the
+  T-UBM's initialisation). It is reported only when it beats the T-UBM on the
+  validation users, otherwise the column is the T-UBM (``info["hybrid"]``
+  says which; see :func:`_select_hybrid`).
 
 Users (items) without a feature vector are cold-start: they get a zero vector
 and are counted in ``ResultsTable.info``. The table has models as columns and
@@ -72,8 +74,7 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
             build=lambda: models_lib.UMLP(width=cfg.umlp_width, num_items=num_items,
                                           item_bias=cfg.umlp_item_bias),
             init_seed=seed + 100 + k, user_matrix=user_matrix, item_matrix=item_matrix,
-            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives,
-            batch_size=cfg.umlp_batch_size))
+            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives))
     if not cfg.run_sequence_models:
         return runs
     sequence_runs: List[Tuple[str, Optional[str]]] = [(T_UBM, None)]
@@ -96,7 +97,8 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
             )
 
         runs.append(ModelRun(column=column, build=build, init_seed=seed + 200,
-                             user_matrix=user_matrix, use_sequence=True))
+                             user_matrix=user_matrix, use_sequence=True,
+                             max_epochs=min(cfg.max_epochs, cfg.seq_max_epochs)))
     return runs
 
 
@@ -155,7 +157,8 @@ def evaluate_task(
         -> float vector ([dim_u] resp. [dim_i], same dim within a dict).
       seed: seeds the user split, all negative sampling and weight init.
       epochs: the most epochs any model trains (early stopping on the
-        validation loss usually stops it sooner); None: ``config.max_epochs``.
+        validation loss usually stops it sooner); None: ``config.max_epochs``
+        (the sequence models: at most ``config.seq_max_epochs``).
       num_negatives: K sampled negatives per test positive (paper: 100).
       config: the rest of the settings (:class:`EvalConfig`).
       task_name: recorded in ``info``.
@@ -168,8 +171,7 @@ def evaluate_task(
       ``per_example`` ranks and ``info["paired"]`` comparisons.
     """
     cfg = config or EvalConfig()
-    epochs = cfg.max_epochs if epochs is None else epochs
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if cfg.hybrid_fusion not in ("residual", "concat"):
         raise ValueError(f"hybrid_fusion must be 'residual' or 'concat', got {cfg.hybrid_fusion!r}")
@@ -188,9 +190,13 @@ def evaluate_task(
     features = protocol.feature_matrices(task, feature_sets)
     results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        start_weights = (results[T_UBM].weights if _warm_starts(run.column, cfg) and
-                         T_UBM in results else None)
-        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed, progress,
+        start_weights = None
+        if _warm_starts(run.column, cfg) and T_UBM in results:
+            start_weights = results[T_UBM].weights
+            run = dataclasses.replace(run, trainable=("user_feature_projection",),
+                                      learning_rate=cfg.umlp_learning_rate)
+        cap = epochs if epochs is not None else run.max_epochs or cfg.max_epochs
+        result = fit_and_score(run, task, features.user_row, cap, cfg, seed, progress,
                                start_weights=start_weights)
         results[run.column] = result
         ranked[run.column], training[run.column] = result.ranked, result.history
@@ -208,7 +214,7 @@ def evaluate_task(
     info = {
         "task": task_name,
         "seed": seed,
-        "epochs": epochs,
+        "epochs": cfg.max_epochs if epochs is None else epochs,
         "epochs_used": epochs_used,
         "best_epoch": best_epoch,
         "seconds": seconds,

@@ -25,11 +25,10 @@ and catalogue are embedded eagerly in large batches, and every test positive
 is scored against its 1 + 100 candidates in one product
 (:func:`clue_tfrs.protocol.rank_test_positives`).
 
-Progress (``progress=`` a stream, off by default): one
-`clue_keras.progress_bar.ProgressBar` per model, epochs as units, the epoch's
-train and validation loss as its postfix: a bar on a terminal, else a line per
-epoch (``U-MLP (CLUE): epoch 2/10  loss 0.4123  val_loss 0.4310 (best)``), a
-line when early stopping ends the fit and a last line with the kept epoch.
+Progress (``progress=`` a stream, off by default): a
+`clue_keras.progress_bar.ProgressBar` per model, one unit per epoch, the
+epoch's losses as postfix (``U-MLP (CLUE): epoch 2/10  loss 0.4123  val_loss
+0.4310 (best)`` per line off a terminal), a line at an early stop and one with the kept epoch.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Mapping, Optional, TextIO
+from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
 import numpy as np
 
@@ -47,61 +46,12 @@ import tensorflow as tf
 from clue_keras.progress_bar import ProgressBar
 from clue_tfrs import models as models_lib
 from clue_tfrs.losses import softmax_loss
+from clue_tfrs.model_inputs import ModelInputs, batch_order, history_lengths
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
-           "validation_loss", "epoch_postfix"]
-
-
-class ModelInputs:
-    """Builds model feature dicts from example / item indices (inside tf.data).
-
-    Holds, for one split's examples, the per-example user feature row and
-    history, and the per-item feature matrix; ``query(ex)`` and
-    ``candidate(items)`` gather from them with ``tf.gather``. Gathered
-    histories are cut to the longest one in the batch (leading all-padding
-    columns dropped).
-    """
-
-    def __init__(
-        self,
-        examples: tasks_lib.Examples,
-        user_matrix: Optional[np.ndarray] = None,
-        user_row: Optional[Mapping[str, int]] = None,
-        item_matrix: Optional[np.ndarray] = None,
-        use_sequence: bool = False,
-    ) -> None:
-        self.use_sequence = use_sequence
-        self.user_features = None
-        if user_matrix is not None:
-            rows = np.array([user_row[u] for u in examples.user_ids], dtype=np.int64)
-            self.user_features = tf.constant(user_matrix[rows])  # [N, dim_u]
-        self.item_features = None if item_matrix is None else tf.constant(item_matrix)
-        self.histories = tf.constant(examples.histories) if use_sequence else None
-        self.lengths = history_lengths(examples.histories)
-
-    def query(self, ex: tf.Tensor) -> Dict[str, tf.Tensor]:
-        out = {}
-        if self.user_features is not None:
-            out["user_features"] = tf.gather(self.user_features, ex)
-        if self.use_sequence:
-            history = tf.gather(self.histories, ex)  # [B, T], right-aligned
-            longest = tf.reduce_max(tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1))
-            width = tf.shape(history)[1]
-            out["history"] = history[:, width - tf.maximum(longest, 1):]
-        return out
-
-    def candidate(self, items: tf.Tensor) -> Dict[str, tf.Tensor]:
-        out = {"item": tf.cast(items, tf.int32)}
-        if self.item_features is not None:
-            out["item_features"] = tf.gather(self.item_features, items)
-        return out
-
-
-def history_lengths(histories: np.ndarray) -> np.ndarray:
-    """int [N] number of real (non-zero) items of each right-aligned history."""
-    return np.count_nonzero(histories, axis=1) if histories.size else np.zeros(len(histories), int)
+           "validation_loss", "epoch_postfix", "history_lengths"]
 
 
 @dataclasses.dataclass
@@ -119,7 +69,8 @@ class ModelRun:
       learning_rate: Adam step (None: ``EvalConfig.learning_rate``).
       negatives: uniform training negatives shared by each batch (None:
         ``EvalConfig.train_negatives``).
-      batch_size: training positives per batch (None: ``EvalConfig.batch_size``).
+      trainable: names of the model's layers that train (None: all).
+      max_epochs: its epoch cap when the caller sets none (None: ``EvalConfig.max_epochs``).
     """
 
     column: str
@@ -130,7 +81,8 @@ class ModelRun:
     use_sequence: bool = False
     learning_rate: Optional[float] = None
     negatives: Optional[int] = None
-    batch_size: Optional[int] = None
+    trainable: Optional[Tuple[str, ...]] = None
+    max_epochs: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -158,31 +110,6 @@ class FitResult:
     seconds: float
     best_val_loss: Optional[float] = None
     weights: Optional[Dict[str, np.ndarray]] = None
-
-
-def batch_order(n: int, rows: int, rng: Optional[np.random.Generator],
-                lengths: Optional[np.ndarray] = None, bucket_width: int = 4) -> List[np.ndarray]:
-    """Indices (into 0..n-1) of every batch of at most ``rows``, in the order they are fed.
-
-    With ``rng``: a random permutation; without: 0..n-1. With ``lengths``
-    (history lengths), the examples are then stably grouped by
-    ``ceil(length / bucket_width)`` and batches are cut within a group, so a
-    batch holds histories of similar length; the batch order is shuffled
-    with ``rng``. Every example appears in exactly one batch.
-    """
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    if lengths is None:
-        return [order[s:s + rows] for s in range(0, n, rows)]
-    bucket = -(-np.asarray(lengths)[order] // bucket_width)
-    by_bucket = np.argsort(bucket, kind="stable")
-    order, bucket = order[by_bucket], bucket[by_bucket]
-    batches: List[np.ndarray] = []
-    for b in np.unique(bucket):
-        members = order[bucket == b]
-        batches.extend(members[s:s + rows] for s in range(0, len(members), rows))
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
 
 
 def _batch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, negatives: np.ndarray,
@@ -244,7 +171,6 @@ def fit(
     learning_rate: Optional[float] = None,
     negatives: Optional[int] = None,
     progress: Optional[ProgressBar] = None,
-    batch_size: Optional[int] = None,
 ) -> Dict[str, object]:
     """Fits ``model`` with early stopping on the validation loss, at most ``epochs`` epochs.
 
@@ -267,7 +193,7 @@ def fit(
     best, best_epoch, best_weights, waited = math.inf, 0, None, 0
     for epoch in range(1, epochs + 1):
         ds = _epoch_dataset(train_inputs, task.train, task.num_items, num_negatives,
-                            batch_size or cfg.batch_size, rng)
+                            cfg.batch_size, rng)
         logs = model.fit(ds, epochs=1, verbose=0).history
         history["loss"].append(float(logs["softmax_loss"][-1]))
         if val_items is None:
@@ -303,13 +229,24 @@ def epoch_postfix(loss: float, val_loss: Optional[float] = None, best: bool = Fa
     return text
 
 
+def _sequence_part_frozen(model: models_lib.DownstreamModel, run: ModelRun) -> bool:
+    """A residual Hybrid whose layers other than the feature weight do not train."""
+    return (run.use_sequence and run.trainable is not None
+            and getattr(model, "fusion", None) == "residual"
+            and getattr(model, "user_feature_projection", None) is not None
+            and not any(layer.trainable for layer in model.layers
+                        if layer is not model.user_feature_projection))
+
+
 def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
-                   batch: int = 1024) -> np.ndarray:
-    """float32 [n, D] query vectors of examples 0..n-1, batched by history length."""
+                   tower: Optional[Callable] = None, batch: int = 1024) -> np.ndarray:
+    """float32 [n, D] query vectors (``tower``: another function of the query features)
+    of examples 0..n-1, batched by history length."""
     batches = batch_order(n, batch, None, inputs.lengths if inputs.use_sequence else None)
     out: Optional[np.ndarray] = None
     for idx in batches:
-        q = model.query_tower(inputs.query(tf.constant(idx, tf.int64)), training=False).numpy()
+        q = (tower or model.query_tower)(inputs.query(tf.constant(idx, tf.int64)),
+                                         training=False).numpy()
         if out is None:
             out = np.zeros((n, q.shape[1]), np.float32)
         out[idx] = q
@@ -348,12 +285,18 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
     train_in, val_in, test_in = inputs_for(task.train), inputs_for(task.val), inputs_for(task.test)
     if start_weights:
         load_matching_weights(model, train_in, start_weights)
+    for layer in model.layers if run.trainable is not None else ():
+        layer.trainable = layer.name in run.trainable
+    if _sequence_part_frozen(model, run):  # its output per example, once, not every epoch
+        train_in, val_in, test_in = (
+            ModelInputs(ex, run.user_matrix, user_row, run.item_matrix,
+                        sequence_vectors=_embed_queries(model, inp, len(ex), model.sequence_vector))
+            for ex, inp in ((task.train, train_in), (task.val, val_in), (task.test, test_in)))
     bar = (ProgressBar(epochs, desc=run.column, unit="epoch", stream=progress)
            if progress is not None else None)
     try:
         history = fit(model, train_in, val_in, task, epochs, cfg, seed,
-                      learning_rate=run.learning_rate, negatives=run.negatives, progress=bar,
-                      batch_size=run.batch_size)
+                      learning_rate=run.learning_rate, negatives=run.negatives, progress=bar)
     finally:
         if bar is not None:
             bar.close()

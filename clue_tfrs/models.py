@@ -310,7 +310,14 @@ class SequenceModel(DownstreamModel):
             self.user_feature_projection = tf.keras.layers.Dense(
                 hidden_size, name="user_feature_projection")
 
-    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+    def sequence_vector(self, features: Features, training: bool = False) -> tf.Tensor:
+        """float32 [B, H]: the T-UBM's user vector (the residual Hybrid adds its feature
+        term to it); a query may carry it precomputed as ``"sequence_vector"``."""
+        if "sequence_vector" in features:
+            return tf.cast(features["sequence_vector"], tf.float32)
+        return self.output_projection(self._pooled(features, training))
+
+    def _pooled(self, features: Features, training: bool) -> tf.Tensor:
         history = tf.cast(features["history"], tf.int32)  # [B, T'], T' <= T
         mask = history > 0
         # Right-aligned: the last column is position T - 1 whatever T' is, so a
@@ -327,15 +334,19 @@ class SequenceModel(DownstreamModel):
             )
         else:  # right-aligned: the most recent item is the last column
             pooled = x[:, -1, :]
+        return pooled
+
+    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
         if self.user_feature_projection is None:
-            user = self.output_projection(pooled)
+            user = self.sequence_vector(features, training)
         elif self.fusion == "residual":  # output layer first: the T-UBM's weights and draws
-            user = self.output_projection(pooled)
+            user = self.sequence_vector(features, training)
             feature = self.user_feature_norm(tf.cast(features["user_features"], user.dtype))
             user = user + self.user_feature_projection(feature)
         else:
             user = self.output_projection(tf.concat(
-                [pooled, self.user_feature_projection(features["user_features"])], axis=-1))
+                [self._pooled(features, training),
+                 self.user_feature_projection(features["user_features"])], axis=-1))
         return tf.concat([user, tf.ones_like(user[:, :1])], axis=-1)  # [B, H + 1]
 
     def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:

@@ -95,3 +95,29 @@ def test_a_model_started_from_trained_t_ubm_weights_scores_as_that_t_ubm():
     assert loaded == len(tubm.trainable_weights) == len(hybrid.trainable_weights) - 1  # all but W_f
     np.testing.assert_allclose(hybrid.query_tower(h_in.query(idx)).numpy(),
                                tubm.query_tower(t_in.query(idx)).numpy(), rtol=1e-6)
+
+
+def test_the_warm_started_hybrid_trains_only_its_feature_weight():
+    """evaluate_task's Hybrid column: the T-UBM's kept weights, then only W_f moves."""
+    import dataclasses
+
+    from clue_bench.evaluate import synthetic_task
+    from clue_tfrs import evaluate as ev
+    from clue_tfrs import protocol
+
+    frame, catalogue, sets = synthetic_task(users=120, interactions=1200, items=150, topics=4,
+                                            feature_dim=8)
+    cfg = protocol.EvalConfig(max_history=6, seq_hidden_size=8, seq_num_layers=1,
+                              seq_num_heads=2, umlp_width=8, max_epochs=2)
+    task = protocol.prepare_task(frame, catalogue, cfg, 0, 100, "t")
+    feats = protocol.feature_matrices(task, {"CLUE": sets["CLUE"]})
+    runs = {r.column: r for r in ev.model_runs(feats, task.num_items, cfg, 0)}
+    tubm = fitting.fit_and_score(runs["T-UBM (BST)"], task, feats.user_row, 2, cfg, 0)
+    hybrid_run = dataclasses.replace(runs["Hybrid (BST + CLUE)"],
+                                     trainable=("user_feature_projection",))
+    hybrid = fitting.fit_and_score(hybrid_run, task, feats.user_row, 2, cfg, 0,
+                                   start_weights=tubm.weights)
+    moved = {k for k, v in hybrid.weights.items()
+             if k not in tubm.weights or not np.array_equal(v, tubm.weights[k])}
+    assert moved == {"user_feature_projection/kernel:0"}, moved
+    assert np.abs(hybrid.weights["user_feature_projection/kernel:0"]).sum() > 0
