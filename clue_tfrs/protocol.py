@@ -91,7 +91,7 @@ class EvalConfig:
     # before early stopping): an epoch of the paper-size T-UBM is the bulk of an evaluation's
     # time, and the sampled softmax gets most of its validation loss in the first 3
     # (bench task: 4.28, 3.94, 3.70, then 3.70, 3.61, ... best 3.55 after 8 epochs; test
-    # MRR 0.31 after 4, 0.34 after 8, at 2.5x the time).
+    # MRR 0.31 after 3, 0.34 after 10 epochs that keep the 8th, at about 3x the time).
     seq_max_epochs: int = 3
     patience: int = 2
     min_delta: float = 1e-3
