@@ -51,7 +51,8 @@ from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
-           "validation_loss", "epoch_postfix", "history_lengths"]
+           "validation_loss", "epoch_postfix", "history_lengths", "shared_negatives",
+           "named_weights", "load_matching_weights"]
 
 
 @dataclasses.dataclass
