@@ -121,3 +121,45 @@ def test_the_warm_started_hybrid_trains_only_its_feature_weight():
              if k not in tubm.weights or not np.array_equal(v, tubm.weights[k])}
     assert moved == {"user_feature_projection/kernel:0"}, moved
     assert np.abs(hybrid.weights["user_feature_projection/kernel:0"]).sum() > 0
+
+
+def _fit_two_ways(build, inputs, ex, negs, batches):
+    """Trained weights and train-step traces: plain compile + fit, and with prepare_train_step."""
+    out = []
+    for prepare in (False, True):
+        tf.keras.utils.set_random_seed(3)
+        model = build()
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        if prepare:
+            fitting.prepare_train_step(model, inputs)
+        for _ in range(2):  # two epochs, as fit() calls model.fit once per epoch
+            model.fit(fitting._batch_dataset(inputs, ex, negs, batches), epochs=1, verbose=0)
+        out.append(([v.numpy() for v in model.weights],
+                    model.train_function.experimental_get_tracing_count()))
+    return out
+
+
+def test_prepare_train_step_traces_once_and_trains_exactly_as_before():
+    histories = np.array([[0, 0, 3, 7], [0, 4, 5, 2], [1, 2, 3, 4], [0, 0, 0, 6]], np.int32)
+    ex = tasks.Examples(user_ids=np.array(["a", "b", "c", "d"], object),
+                        targets=np.array([1, 2, 8, 9]), histories=histories)
+    user_matrix = np.arange(20, dtype=np.float32).reshape(4, 5) / 20
+    user_row = {u: k for k, u in enumerate("abcd")}
+    negs = np.array([[5, 6, 7], [1, 3, 9]])
+    batches = [np.array([0, 3]), np.array([1, 2])]
+    seq_in = fitting.ModelInputs(ex, user_matrix, user_row, use_sequence=True)
+    umlp_in = fitting.ModelInputs(ex, user_matrix, user_row, np.eye(10, 6, dtype=np.float32))
+    cases = [
+        (lambda: models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=2,
+                                      num_heads=2, dropout=0.3), seq_in),
+        (lambda: models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
+                                      num_heads=2, dropout=0.3, user_feature_dim=5), seq_in),
+        (lambda: models.UMLP(width=4, num_items=9, item_bias=True), umlp_in),
+    ]
+    for build, inputs in cases:
+        (before, traces_before), (after, traces_after) = _fit_two_ways(
+            build, inputs, ex, negs, batches)
+        assert (traces_before, traces_after) == (2, 1)
+        assert len(before) == len(after)
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(a, b)
