@@ -22,12 +22,11 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional
 
-from clue_keras.text import DEFAULT_MAX_TEXT_BYTES, cap_text_bytes
+from clue_keras.text import DEFAULT_MAX_TEXT_BYTES, WS_PATTERN, cap_text_bytes
 
 __all__ = ["read_behaviors", "clean_table", "pandas_sequences", "time_pandas"]
 
 _COLUMNS = ["user_id", "service", "timestamp", "item_text"]
-_WS = r"[ \t\n\r\f\v]+"  # `clue_keras.text.normalize_text`'s whitespace
 
 
 def read_behaviors(data_dir: str):
@@ -62,7 +61,7 @@ def clean_table(df, max_items: int, min_items: int = 1, min_services: int = 1,
     df["service"] = df["service"].astype(str)
     df["timestamp"] = df["timestamp"].astype("int64")
     text = df["item_text"].fillna("").astype(str)
-    text = text.str.replace(_WS, " ", regex=True).str.strip(" ")
+    text = text.str.replace(WS_PATTERN, " ", regex=True).str.strip(" ")
     if max_text_bytes:  # only texts that may exceed the cap (<= 4 bytes a character)
         long = text.str.len() * 4 > max_text_bytes
         if long.any():

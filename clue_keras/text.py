@@ -53,8 +53,9 @@ import re
 DEFAULT_MAX_TEXT_BYTES = 2000
 
 # Normalisation (docs/ARCHITECTURE.md): ASCII whitespace runs -> one space, strip.
-_WS_PATTERN = r"[ \t\n\r\f\v]+"
-_WS_RE = re.compile(_WS_PATTERN)
+#: The whitespace runs normalize_text collapses (Python, RE2 and pandas alike).
+WS_PATTERN = r"[ \t\n\r\f\v]+"
+_WS_RE = re.compile(WS_PATTERN)
 
 # Non-ASCII characters with the Unicode White_Space property.
 UNICODE_SPACES = ("\x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
@@ -81,7 +82,7 @@ def normalize_text_tf(t):
     """Graph version of :func:`normalize_text`: tf.string of any shape -> same shape."""
     import tensorflow as tf
 
-    t = tf.strings.regex_replace(t, _WS_PATTERN, " ")
+    t = tf.strings.regex_replace(t, WS_PATTERN, " ")
     return tf.strings.regex_replace(t, r"^ | $", "")
 
 
