@@ -13,9 +13,12 @@ and scores, on the same test positives and the same ``uni100`` negatives:
 * ``T-UBM (BST)``: the sequence model on the task's own histories;
 * ``Hybrid (BST + <name>)``: T-UBM plus that feature set's user vector (by
   default ``CLUE``, when given), as a zero-initialised residual on the T-UBM's
-  user vector; it starts as exactly the T-UBM and is reported only when it
-  beats it on the validation users, otherwise the column is the T-UBM
-  (``info["hybrid"]`` says which; see :func:`_select_hybrid`).
+  user vector; it starts as exactly the trained T-UBM (its kept weights, the
+  feature weight zero) and trains only the feature weight, a linear map, at
+  the U-MLP's learning rate (``EvalConfig.hybrid_warm_start``; else it trains everything from the
+  T-UBM's initialisation). It is reported only when it beats the T-UBM on the
+  validation users, otherwise the column is the T-UBM (``info["hybrid"]``
+  says which; see :func:`_select_hybrid`).
 
 Users (items) without a feature vector are cold-start: they get a zero vector
 and are counted in ``ResultsTable.info``. The table has models as columns and
@@ -94,7 +97,8 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
             )
 
         runs.append(ModelRun(column=column, build=build, init_seed=seed + 200,
-                             user_matrix=user_matrix, use_sequence=True))
+                             user_matrix=user_matrix, use_sequence=True,
+                             max_epochs=min(cfg.max_epochs, cfg.seq_max_epochs)))
     return runs
 
 
@@ -102,6 +106,12 @@ def _hybrid_set(features: FeatureMatrices, cfg: EvalConfig) -> Optional[str]:
     """The feature set of the Hybrid column, or None when there is none to run."""
     name = cfg.hybrid_feature_set
     return name if cfg.run_sequence_models and name in features.matrices else None
+
+
+def _warm_starts(column: str, cfg: EvalConfig) -> bool:
+    """Whether ``column`` is the residual Hybrid that starts from the trained T-UBM."""
+    return (cfg.hybrid_warm_start and cfg.hybrid_fusion == "residual" and
+            column == hybrid_column(cfg.hybrid_feature_set or ""))
 
 
 def _select_hybrid(results: Dict[str, FitResult], hybrid_set: Optional[str], cfg: EvalConfig
@@ -147,7 +157,8 @@ def evaluate_task(
         -> float vector ([dim_u] resp. [dim_i], same dim within a dict).
       seed: seeds the user split, all negative sampling and weight init.
       epochs: the most epochs any model trains (early stopping on the
-        validation loss usually stops it sooner); None: ``config.max_epochs``.
+        validation loss usually stops it sooner); None: ``config.max_epochs``
+        (the sequence models: at most ``config.seq_max_epochs``).
       num_negatives: K sampled negatives per test positive (paper: 100).
       config: the rest of the settings (:class:`EvalConfig`).
       task_name: recorded in ``info``.
@@ -160,8 +171,7 @@ def evaluate_task(
       ``per_example`` ranks and ``info["paired"]`` comparisons.
     """
     cfg = config or EvalConfig()
-    epochs = cfg.max_epochs if epochs is None else epochs
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if cfg.hybrid_fusion not in ("residual", "concat"):
         raise ValueError(f"hybrid_fusion must be 'residual' or 'concat', got {cfg.hybrid_fusion!r}")
@@ -180,7 +190,14 @@ def evaluate_task(
     features = protocol.feature_matrices(task, feature_sets)
     results: Dict[str, FitResult] = {}
     for run in model_runs(features, task.num_items, cfg, seed):
-        result = fit_and_score(run, task, features.user_row, epochs, cfg, seed, progress)
+        start_weights = None
+        if _warm_starts(run.column, cfg) and T_UBM in results:
+            start_weights = results[T_UBM].weights
+            run = dataclasses.replace(run, trainable=("user_feature_projection",),
+                                      learning_rate=cfg.umlp_learning_rate)
+        cap = epochs if epochs is not None else run.max_epochs or cfg.max_epochs
+        result = fit_and_score(run, task, features.user_row, cap, cfg, seed, progress,
+                               start_weights=start_weights)
         results[run.column] = result
         ranked[run.column], training[run.column] = result.ranked, result.history
         epochs_used[run.column], best_epoch[run.column] = result.epochs, result.best_epoch
@@ -197,7 +214,7 @@ def evaluate_task(
     info = {
         "task": task_name,
         "seed": seed,
-        "epochs": epochs,
+        "epochs": cfg.max_epochs if epochs is None else epochs,
         "epochs_used": epochs_used,
         "best_epoch": best_epoch,
         "seconds": seconds,

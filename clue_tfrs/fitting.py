@@ -7,31 +7,28 @@ model under that seed, trains it with early stopping (:func:`fit`), embeds the
 test queries and the whole catalogue with its two towers and ranks them with
 :func:`clue_tfrs.protocol.rank_test_positives`.
 
-Training (:func:`fit`): every epoch draws fresh negatives for every training
-positive (binary cross-entropy over (user, item) pairs, the candidates of one
-positive in one row so the query tower runs once per positive). After every
-epoch the validation loss (the same BCE) is computed on the validation users
-with negatives drawn once (the same every epoch), from the towers' outputs
-(:func:`validation_loss`). Training stops when it has not improved by
-more than ``EvalConfig.min_delta`` for ``EvalConfig.patience`` epochs, or
-after the epoch cap, and the weights of the best epoch are restored.
+Training (:func:`fit`): a sampled softmax. Every batch holds
+``EvalConfig.batch_size`` positives and draws ``EvalConfig.train_negatives``
+items uniformly, shared by all of them; the query tower runs once per
+positive (:func:`clue_tfrs.losses.sampled_softmax_loss`). After every epoch
+the validation loss (the softmax over each validation positive and its own
+negatives, drawn once) is computed from the towers' outputs
+(:func:`validation_loss`). Training stops when it has not improved by more
+than ``EvalConfig.min_delta`` for ``EvalConfig.patience`` epochs, or after the
+epoch cap, and the weights of the best epoch are restored. A model may start
+from another's trained weights (``start_weights``: the Hybrid from the T-UBM).
 
-Speed: a batch holds ``EvalConfig.batch_size`` (user, item) pairs, i.e.
-``batch_size // (1 + n)`` positives with their n negatives. For the sequence
-models, positives are grouped into batches of similar history length
-(:func:`batch_order`) and every batch is cut to its longest history
-(histories are right-aligned and padding is masked, so a positive's score
-does not change, only the work). The training step is traced once per model
-(shapes ``[None, None]``); validation and test positives and the catalogue
-are embedded eagerly in a few large batches (no second traced function), and
-every test positive is scored against its 1 + 100 candidates in one product
+Speed: sequence-model batches hold histories of similar length
+(:func:`batch_order`), each cut to its longest (right-aligned, padding masked:
+same scores, less work). The training step is traced once per model; queries
+and catalogue are embedded eagerly in large batches, and every test positive
+is scored against its 1 + 100 candidates in one product
 (:func:`clue_tfrs.protocol.rank_test_positives`).
 
-Progress (``progress=`` a stream, off by default): one
-`clue_keras.progress_bar.ProgressBar` per model, epochs as units, the epoch's
-train and validation loss as its postfix: a bar on a terminal, else a line per
-epoch (``U-MLP (CLUE): epoch 2/10  loss 0.4123  val_loss 0.4310 (best)``), a
-line when early stopping ends the fit and a last line with the kept epoch.
+Progress (``progress=`` a stream, off by default): a
+`clue_keras.progress_bar.ProgressBar` per model, one unit per epoch, the
+epoch's losses as postfix (``U-MLP (CLUE): epoch 2/10  loss 0.4123  val_loss
+0.4310 (best)`` per line off a terminal), a line at an early stop and one with the kept epoch.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Mapping, Optional, TextIO
+from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple
 
 import numpy as np
 
@@ -48,61 +45,14 @@ import tensorflow as tf
 
 from clue_keras.progress_bar import ProgressBar
 from clue_tfrs import models as models_lib
+from clue_tfrs.losses import softmax_loss
+from clue_tfrs.model_inputs import ModelInputs, batch_order, history_lengths
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
-           "validation_loss", "epoch_postfix"]
-
-
-class ModelInputs:
-    """Builds model feature dicts from example / item indices (inside tf.data).
-
-    Holds, for one split's examples, the per-example user feature row and
-    history, and the per-item feature matrix; ``query(ex)`` and
-    ``candidate(items)`` gather from them with ``tf.gather``. Gathered
-    histories are cut to the longest one in the batch (leading all-padding
-    columns dropped).
-    """
-
-    def __init__(
-        self,
-        examples: tasks_lib.Examples,
-        user_matrix: Optional[np.ndarray] = None,
-        user_row: Optional[Mapping[str, int]] = None,
-        item_matrix: Optional[np.ndarray] = None,
-        use_sequence: bool = False,
-    ) -> None:
-        self.use_sequence = use_sequence
-        self.user_features = None
-        if user_matrix is not None:
-            rows = np.array([user_row[u] for u in examples.user_ids], dtype=np.int64)
-            self.user_features = tf.constant(user_matrix[rows])  # [N, dim_u]
-        self.item_features = None if item_matrix is None else tf.constant(item_matrix)
-        self.histories = tf.constant(examples.histories) if use_sequence else None
-        self.lengths = history_lengths(examples.histories)
-
-    def query(self, ex: tf.Tensor) -> Dict[str, tf.Tensor]:
-        out = {}
-        if self.user_features is not None:
-            out["user_features"] = tf.gather(self.user_features, ex)
-        if self.use_sequence:
-            history = tf.gather(self.histories, ex)  # [B, T], right-aligned
-            longest = tf.reduce_max(tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1))
-            width = tf.shape(history)[1]
-            out["history"] = history[:, width - tf.maximum(longest, 1):]
-        return out
-
-    def candidate(self, items: tf.Tensor) -> Dict[str, tf.Tensor]:
-        out = {"item": tf.cast(items, tf.int32)}
-        if self.item_features is not None:
-            out["item_features"] = tf.gather(self.item_features, items)
-        return out
-
-
-def history_lengths(histories: np.ndarray) -> np.ndarray:
-    """int [N] number of real (non-zero) items of each right-aligned history."""
-    return np.count_nonzero(histories, axis=1) if histories.size else np.zeros(len(histories), int)
+           "validation_loss", "epoch_postfix", "history_lengths", "shared_negatives",
+           "named_weights", "prepare_train_step", "load_matching_weights"]
 
 
 @dataclasses.dataclass
@@ -118,8 +68,10 @@ class ModelRun:
       item_matrix: float32 [C + 1, dim_i] frozen item features, or None.
       use_sequence: the model reads the example histories.
       learning_rate: Adam step (None: ``EvalConfig.learning_rate``).
-      negatives: sampled training negatives per positive (None:
+      negatives: uniform training negatives shared by each batch (None:
         ``EvalConfig.train_negatives``).
+      trainable: names of the model's layers that train (None: all).
+      max_epochs: its epoch cap when the caller sets none (None: ``EvalConfig.max_epochs``).
     """
 
     column: str
@@ -130,6 +82,8 @@ class ModelRun:
     use_sequence: bool = False
     learning_rate: Optional[float] = None
     negatives: Optional[int] = None
+    trainable: Optional[Tuple[str, ...]] = None
+    max_epochs: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -138,14 +92,16 @@ class FitResult:
 
     Attributes:
       ranked: metrics and per-positive rank counts on the test positives.
-      history: per-epoch ``loss`` (train BCE), ``auc`` (train) and
-        ``val_loss`` (validation BCE; empty without validation users).
+      history: per-epoch ``loss`` (train sampled softmax) and ``val_loss``
+        (validation softmax; empty without validation users).
       epochs: epochs trained.
       best_epoch: the (1-based) epoch whose weights were kept (the last one
         without validation users).
       seconds: wall time of training and scoring.
       best_val_loss: the validation loss of the kept weights (None without
         validation users).
+      weights: the kept weights by variable name without the model's name
+        (:func:`named_weights`), for a model that starts from them.
     """
 
     ranked: RankedTest
@@ -154,82 +110,55 @@ class FitResult:
     best_epoch: int
     seconds: float
     best_val_loss: Optional[float] = None
+    weights: Optional[Dict[str, np.ndarray]] = None
 
 
-def batch_order(n: int, rows: int, rng: Optional[np.random.Generator],
-                lengths: Optional[np.ndarray] = None, bucket_width: int = 4) -> List[np.ndarray]:
-    """Indices (into 0..n-1) of every batch of at most ``rows``, in the order they are fed.
-
-    With ``rng``: a random permutation; without: 0..n-1. With ``lengths``
-    (history lengths), the examples are then stably grouped by
-    ``ceil(length / bucket_width)`` and batches are cut within a group, so a
-    batch holds histories of similar length; the batch order is shuffled
-    with ``rng``. Every example appears in exactly one batch.
-    """
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    if lengths is None:
-        return [order[s:s + rows] for s in range(0, n, rows)]
-    bucket = -(-np.asarray(lengths)[order] // bucket_width)
-    by_bucket = np.argsort(bucket, kind="stable")
-    order, bucket = order[by_bucket], bucket[by_bucket]
-    batches: List[np.ndarray] = []
-    for b in np.unique(bucket):
-        members = order[bucket == b]
-        batches.extend(members[s:s + rows] for s in range(0, len(members), rows))
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def _pair_dataset(
-    inputs: ModelInputs,
-    examples: tasks_lib.Examples,
-    negatives: np.ndarray,
-    batches: List[np.ndarray],
-) -> tf.data.Dataset:
-    """(features, labels [B, 1 + K]): each example with its positive and K negatives.
-
-    The candidates of one example share a row, so the (possibly expensive)
-    query tower runs once per example; the BCE is over every (user, item) pair.
-    """
-    num_negatives = negatives.shape[1]
-    items = tf.constant(np.concatenate([examples.targets[:, None], negatives], axis=1)
-                        .astype(np.int64))
-    label_row = tf.constant(np.r_[1.0, np.zeros(num_negatives)].astype(np.float32))[None]
+def _batch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, negatives: np.ndarray,
+                   batches: List[np.ndarray]) -> tf.data.Dataset:
+    """(features, negatives) per batch: the query and positive-candidate features of the
+    batch's examples, and the candidate features of its shared negatives (``negatives``
+    int [len(batches), M], one row per batch)."""
+    targets = tf.constant(examples.targets.astype(np.int64))
     ragged = tf.RaggedTensor.from_row_lengths(
         np.concatenate(batches).astype(np.int64), [len(b) for b in batches])
 
-    def to_features(ex):
-        labels = tf.tile(label_row, [tf.shape(ex)[0], 1])
-        return {**inputs.query(ex), **inputs.candidate(tf.gather(items, ex))}, labels
+    def to_features(ex, negs):
+        return ({**inputs.query(ex), **inputs.candidate(tf.gather(targets, ex))},
+                inputs.candidate(negs))
 
-    return (tf.data.Dataset.from_tensor_slices(ragged)
+    return (tf.data.Dataset.from_tensor_slices((ragged, negatives.astype(np.int64)))
             .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _epoch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, task: PreparedTask,
-                   num_negatives: int, cfg: EvalConfig, rng: np.random.Generator,
-                   shuffle: bool) -> tf.data.Dataset:
-    negs = tasks_lib.sample_training_negatives(
-        examples.user_ids, task.positives, task.num_items, num_negatives, rng)
-    rows = max(1, cfg.batch_size // (1 + num_negatives))
-    batches = batch_order(len(examples), rows, rng if shuffle else None,
+def shared_negatives(num_batches: int, num_items: int, num_negatives: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """int [num_batches, M]: per batch, M distinct items drawn uniformly from 1..C
+    (M = min(num_negatives, C))."""
+    m = min(num_negatives, num_items)
+    out = np.empty((num_batches, m), dtype=np.int64)
+    for b in range(num_batches):
+        out[b] = rng.choice(num_items, size=m, replace=False) + 1
+    return out
+
+
+def _epoch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, num_items: int,
+                   num_negatives: int, batch_size: int, rng: np.random.Generator
+                   ) -> tf.data.Dataset:
+    batches = batch_order(len(examples), batch_size, rng,
                           inputs.lengths if inputs.use_sequence else None)
-    return _pair_dataset(inputs, examples, negs, batches)
+    negs = shared_negatives(len(batches), num_items, num_negatives, rng)
+    return _batch_dataset(inputs, examples, negs, batches)
 
 
 def validation_loss(model: models_lib.DownstreamModel, inputs: ModelInputs,
                     examples: tasks_lib.Examples, items: np.ndarray, num_items: int) -> float:
-    """Mean BCE over every (positive, candidate) pair of ``items`` [N, 1 + K] (column 0 the
-    positive), from the two towers in inference mode: exact, whatever the batching, and
-    without a traced evaluation step."""
+    """Mean softmax cross-entropy of every positive against its row of ``items`` [N, 1 + K]
+    (column 0 the positive), from the two towers in inference mode: exact, whatever the
+    batching, and without a traced evaluation step."""
     queries = _embed_queries(model, inputs, len(examples))
     candidates = _embed_candidates(model, inputs, num_items + 1)
-    logits = np.einsum("nd,nkd->nk", queries, candidates[items]).astype(np.float64)
-    labels = np.zeros_like(logits)
-    labels[:, 0] = 1.0
-    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+    return softmax_loss(np.einsum("nd,nkd->nk", queries, candidates[items]))
 
 
 def fit(
@@ -247,14 +176,16 @@ def fit(
     """Fits ``model`` with early stopping on the validation loss, at most ``epochs`` epochs.
 
     The validation positives get their negatives once (``seed + 1``), the same
-    every epoch. ``progress`` advances one unit per epoch (`epoch_postfix`). Returns {"loss": per-epoch mean train BCE, "auc": train AUC,
-    "val_loss": per-epoch validation BCE (empty without val users),
+    every epoch. ``progress`` advances one unit per epoch (`epoch_postfix`). Returns
+    {"loss": per-epoch mean train softmax loss,
+    "val_loss": per-epoch validation softmax loss (empty without val users),
     "best_epoch": the epoch whose weights the model now holds}.
     """
     rng = np.random.default_rng(seed)
     num_negatives = negatives or cfg.train_negatives
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate or cfg.learning_rate))
-    history: Dict[str, List[float]] = {"loss": [], "auc": [], "val_loss": []}
+    prepare_train_step(model, train_inputs)
+    history: Dict[str, List[float]] = {"loss": [], "val_loss": []}
     val_items = None
     if val_inputs is not None and len(task.val):
         negs = tasks_lib.sample_training_negatives(task.val.user_ids, task.positives,
@@ -263,10 +194,10 @@ def fit(
         val_items = np.concatenate([task.val.targets[:, None], negs], axis=1)
     best, best_epoch, best_weights, waited = math.inf, 0, None, 0
     for epoch in range(1, epochs + 1):
-        ds = _epoch_dataset(train_inputs, task.train, task, num_negatives, cfg, rng, shuffle=True)
+        ds = _epoch_dataset(train_inputs, task.train, task.num_items, num_negatives,
+                            cfg.batch_size, rng)
         logs = model.fit(ds, epochs=1, verbose=0).history
-        history["loss"].append(float(logs["bce"][-1]))
-        history["auc"].append(float(logs["auc"][-1]))
+        history["loss"].append(float(logs["softmax_loss"][-1]))
         if val_items is None:
             best_epoch = epoch
             if progress is not None:
@@ -292,6 +223,24 @@ def fit(
     return {**history, "best_epoch": best_epoch}
 
 
+def prepare_train_step(model: models_lib.DownstreamModel, inputs: ModelInputs) -> None:
+    """Creates the model's and its (compiled) optimizer's variables and keeps AutoGraph out
+    of the train step, before the first ``model.fit``.
+
+    Otherwise the first call traces the step twice (a tf.function whose first trace
+    creates variables is traced again) and AutoGraph converts every layer call: the
+    T-UBM's first epoch spent about 28 CPU-s tracing, now about 6. The step's graph is
+    the same (nothing in it branches on a tensor) and the variables are created in the
+    order the first step created them (query tower, then candidate tower), so the
+    initial values and the training are the same."""
+    if len(inputs.lengths):
+        one = tf.constant([0], tf.int64)
+        model.query_tower(inputs.query(one))
+        model.candidate_tower(inputs.candidate(one))
+        model.optimizer.build(model.trainable_variables)
+    model.train_step = tf.autograph.experimental.do_not_convert(model.train_step)
+
+
 def epoch_postfix(loss: float, val_loss: Optional[float] = None, best: bool = False) -> str:
     """``loss 0.4123  val_loss 0.4310 (best)``: what a fit's progress shows per epoch."""
     text = f"loss {loss:.4f}"
@@ -300,13 +249,24 @@ def epoch_postfix(loss: float, val_loss: Optional[float] = None, best: bool = Fa
     return text
 
 
+def _sequence_part_frozen(model: models_lib.DownstreamModel, run: ModelRun) -> bool:
+    """A residual Hybrid whose layers other than the feature weight do not train."""
+    return (run.use_sequence and run.trainable is not None
+            and getattr(model, "fusion", None) == "residual"
+            and getattr(model, "user_feature_projection", None) is not None
+            and not any(layer.trainable for layer in model.layers
+                        if layer is not model.user_feature_projection))
+
+
 def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
-                   batch: int = 1024) -> np.ndarray:
-    """float32 [n, D] query vectors of examples 0..n-1, batched by history length."""
+                   tower: Optional[Callable] = None, batch: int = 1024) -> np.ndarray:
+    """float32 [n, D] query vectors (``tower``: another function of the query features)
+    of examples 0..n-1, batched by history length."""
     batches = batch_order(n, batch, None, inputs.lengths if inputs.use_sequence else None)
     out: Optional[np.ndarray] = None
     for idx in batches:
-        q = model.query_tower(inputs.query(tf.constant(idx, tf.int64)), training=False).numpy()
+        q = (tower or model.query_tower)(inputs.query(tf.constant(idx, tf.int64)),
+                                         training=False).numpy()
         if out is None:
             out = np.zeros((n, q.shape[1]), np.float32)
         out[idx] = q
@@ -324,22 +284,34 @@ def _embed_candidates(model: models_lib.DownstreamModel, inputs: ModelInputs, n:
 
 
 def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int], epochs: int,
-                  cfg: EvalConfig, seed: int, progress: Optional[TextIO] = None) -> FitResult:
+                  cfg: EvalConfig, seed: int, progress: Optional[TextIO] = None,
+                  start_weights: Optional[Mapping[str, np.ndarray]] = None) -> FitResult:
     """Builds, trains (early stopping, at most ``epochs``) and scores one model.
 
     ``seed`` drives the training negatives (the same for every model);
     ``run.init_seed`` the weight initialisation and dropout. ``progress``: the
     stream the fit's progress goes to (None: none; see the module docstring).
+    ``start_weights``: trained weights (:func:`named_weights` of another model) that the
+    model starts from where its variables match (:func:`load_matching_weights`).
     """
     start = time.perf_counter()
     tf.keras.utils.set_random_seed(run.init_seed)
     model = run.build()
 
-    def inputs(examples: tasks_lib.Examples) -> ModelInputs:
+    def inputs_for(examples: tasks_lib.Examples) -> ModelInputs:
         return ModelInputs(examples, run.user_matrix, user_row, run.item_matrix,
                            use_sequence=run.use_sequence)
 
-    train_in, val_in, test_in = inputs(task.train), inputs(task.val), inputs(task.test)
+    train_in, val_in, test_in = inputs_for(task.train), inputs_for(task.val), inputs_for(task.test)
+    if start_weights:
+        load_matching_weights(model, train_in, start_weights)
+    for layer in model.layers if run.trainable is not None else ():
+        layer.trainable = layer.name in run.trainable
+    if _sequence_part_frozen(model, run):  # its output per example, once, not every epoch
+        train_in, val_in, test_in = (
+            ModelInputs(ex, run.user_matrix, user_row, run.item_matrix,
+                        sequence_vectors=_embed_queries(model, inp, len(ex), model.sequence_vector))
+            for ex, inp in ((task.train, train_in), (task.val, val_in), (task.test, test_in)))
     bar = (ProgressBar(epochs, desc=run.column, unit="epoch", stream=progress)
            if progress is not None else None)
     try:
@@ -360,4 +332,30 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
               flush=True)
     return FitResult(ranked=ranked, history=history, epochs=len(history["loss"]),
                      best_epoch=best_epoch, seconds=time.perf_counter() - start,
-                     best_val_loss=val[best_epoch - 1] if val else None)
+                     best_val_loss=val[best_epoch - 1] if val else None,
+                     weights=named_weights(model))
+
+
+def named_weights(model: models_lib.DownstreamModel) -> Dict[str, np.ndarray]:
+    """{variable name (less a leading model name): value} of every trainable weight."""
+    return {_local_name(model, v): v.numpy() for v in model.trainable_weights}
+
+
+def _local_name(model: tf.keras.Model, var: tf.Variable) -> str:
+    return var.name[len(model.name) + 1:] if var.name.startswith(model.name + "/") else var.name
+
+
+def load_matching_weights(model: models_lib.DownstreamModel, inputs: ModelInputs,
+                          weights: Mapping[str, np.ndarray]) -> int:
+    """Builds ``model`` (both towers on one example) and sets every variable that has a
+    same-named, same-shaped entry in ``weights`` (:func:`named_weights`); returns how many."""
+    one = tf.constant([0], tf.int64)
+    model.query_tower(inputs.query(one))
+    model.candidate_tower(inputs.candidate(one))
+    done = 0
+    for var in model.trainable_weights:
+        value = weights.get(_local_name(model, var))
+        if value is not None and tuple(value.shape) == tuple(var.shape):
+            var.assign(value)
+            done += 1
+    return done

@@ -1,11 +1,13 @@
 """Downstream models (paper 4.1): U-MLP, T-UBM (BST-like), Hybrid and TopPop.
 
 Every trained model is a two-tower ``tfrs.models.Model`` whose logit is a dot
-product ``<query_tower(features), candidate_tower(features)>``; training uses
-``tfrs.tasks.Ranking`` with binary cross-entropy on logits (label 1 for the
-positive, 0 for sampled negatives, paper 4.2). Because the score factorises,
-the same towers give the ``uni100`` scores and the full-catalogue top-k
-retrieval (``tfrs.layers.factorized_top_k.BruteForce``).
+product ``<query_tower(features), candidate_tower(features)>``. Training is a
+sampled softmax (:func:`clue_tfrs.losses.sampled_softmax_loss`): the query tower runs once per
+positive, and every positive of a batch is scored against its own item and
+the same uniformly sampled negatives, shared by the whole batch (the paper's
+4.2 BCE on one pair at a time recomputed the query for every pair). Because
+the score factorises, the same towers give the ``uni100`` scores and the
+full-catalogue top-k retrieval (``tfrs.layers.factorized_top_k.BruteForce``).
 
 Feature dictionaries (B = batch, T = history length, C = catalogue size):
 
@@ -30,27 +32,32 @@ import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from clue_tfrs.losses import sampled_softmax_loss
+
 __all__ = ["DownstreamModel", "UMLP", "TransformerBlock", "SequenceModel", "TopPop"]
 
 Features = Dict[str, tf.Tensor]
 
 
 class DownstreamModel(tfrs.models.Model):
-    """Two-tower ranking model trained with BCE on sampled negatives.
+    """Two-tower model trained with a sampled softmax over shared negatives.
 
     Subclasses implement :meth:`query_tower` and :meth:`candidate_tower`;
     ``call(features)`` returns the logits float32 [B, 1] (or [B, K] for K
-    candidates per row). Datasets yield ``(features, labels)`` with labels of
-    the same shape in {0, 1}.
+    candidates per row). Training batches are ``(features, negatives)``:
+    ``features`` the query features of B positives plus their candidate
+    features (``"item"`` [B], ...), ``negatives`` the candidate features of M
+    negatives shared by the batch (``"item"`` [M], ...); the loss is
+    :func:`clue_tfrs.losses.sampled_softmax_loss`, its epoch mean the ``"softmax_loss"`` metric.
     """
 
     def __init__(self, name: Optional[str] = None) -> None:
         super().__init__(name=name)
-        self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
-            loss_metrics=[tf.keras.metrics.Mean(name="bce")],
-        )
+        self.loss_tracker = tf.keras.metrics.Mean(name="softmax_loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
 
     def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
         """float32 [B, D] query (user) vectors."""
@@ -70,8 +77,14 @@ class DownstreamModel(tfrs.models.Model):
         return tf.reduce_sum(query * candidate, axis=-1, keepdims=True)
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        features, labels = inputs
-        return self.task(labels=labels, predictions=self(features, training=training))
+        features, negatives = inputs
+        loss = sampled_softmax_loss(
+            self.query_tower(features, training=training),
+            self.candidate_tower(features, training=training),
+            self.candidate_tower(negatives, training=training),
+            features["item"], negatives["item"])
+        self.loss_tracker.update_state(loss)
+        return loss
 
 
 class UMLP(DownstreamModel):
@@ -297,7 +310,14 @@ class SequenceModel(DownstreamModel):
             self.user_feature_projection = tf.keras.layers.Dense(
                 hidden_size, name="user_feature_projection")
 
-    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
+    def sequence_vector(self, features: Features, training: bool = False) -> tf.Tensor:
+        """float32 [B, H]: the T-UBM's user vector (the residual Hybrid adds its feature
+        term to it); a query may carry it precomputed as ``"sequence_vector"``."""
+        if "sequence_vector" in features:
+            return tf.cast(features["sequence_vector"], tf.float32)
+        return self.output_projection(self._pooled(features, training))
+
+    def _pooled(self, features: Features, training: bool) -> tf.Tensor:
         history = tf.cast(features["history"], tf.int32)  # [B, T'], T' <= T
         mask = history > 0
         # Right-aligned: the last column is position T - 1 whatever T' is, so a
@@ -314,15 +334,19 @@ class SequenceModel(DownstreamModel):
             )
         else:  # right-aligned: the most recent item is the last column
             pooled = x[:, -1, :]
+        return pooled
+
+    def query_tower(self, features: Features, training: bool = False) -> tf.Tensor:
         if self.user_feature_projection is None:
-            user = self.output_projection(pooled)
+            user = self.sequence_vector(features, training)
         elif self.fusion == "residual":  # output layer first: the T-UBM's weights and draws
-            user = self.output_projection(pooled)
+            user = self.sequence_vector(features, training)
             feature = self.user_feature_norm(tf.cast(features["user_features"], user.dtype))
             user = user + self.user_feature_projection(feature)
         else:
             user = self.output_projection(tf.concat(
-                [pooled, self.user_feature_projection(features["user_features"])], axis=-1))
+                [self._pooled(features, training),
+                 self.user_feature_projection(features["user_features"])], axis=-1))
         return tf.concat([user, tf.ones_like(user[:, :1])], axis=-1)  # [B, H + 1]
 
     def candidate_tower(self, features: Features, training: bool = False) -> tf.Tensor:

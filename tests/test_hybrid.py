@@ -46,8 +46,8 @@ def test_the_residual_hybrid_starts_as_the_t_ubm_and_ignores_zero_features():
     hybrid = _seq(user_feature_dim=5)
     got = hybrid({"history": history, "item": items, "user_features": user}).numpy()
     np.testing.assert_array_equal(got, want)  # same seed: the same weights, W_f = 0
-    shared = {w.name.split("/", 1)[1]: w.numpy() for w in tubm.weights}
-    for w in hybrid.weights:
+    shared = {w.name.split("/", 1)[1]: w.numpy() for w in tubm.trainable_weights}
+    for w in hybrid.trainable_weights:
         name = w.name.split("/", 1)[1]
         if "user_feature" not in name:
             np.testing.assert_array_equal(w.numpy(), shared[name], err_msg=name)
