@@ -52,6 +52,7 @@ import pandas as pd
 import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 
 from clue_tfrs import models as models_lib
+from clue_tfrs.sequence_model import SequenceModel
 from clue_tfrs.fitting import FitResult, ModelRun, fit_and_score
 from clue_tfrs import protocol
 from clue_tfrs.protocol import (T_UBM, TOPPOP, EvalConfig, FeatureMatrices, FeatureSets,
@@ -74,7 +75,8 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
             build=lambda: models_lib.UMLP(width=cfg.umlp_width, num_items=num_items,
                                           item_bias=cfg.umlp_item_bias),
             init_seed=seed + 100 + k, user_matrix=user_matrix, item_matrix=item_matrix,
-            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives))
+            learning_rate=cfg.umlp_learning_rate, negatives=cfg.umlp_train_negatives,
+            batch_size=cfg.umlp_batch_size))
     if not cfg.run_sequence_models:
         return runs
     sequence_runs: List[Tuple[str, Optional[str]]] = [(T_UBM, None)]
@@ -84,7 +86,7 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
         user_matrix = features.matrices[set_name][0] if set_name else None
 
         def build(user_matrix=user_matrix):
-            return models_lib.SequenceModel(
+            return SequenceModel(
                 num_items=num_items,
                 max_history=cfg.max_history,
                 hidden_size=cfg.seq_hidden_size,
@@ -94,11 +96,11 @@ def model_runs(features: FeatureMatrices, num_items: int, cfg: EvalConfig, seed:
                 pooling=cfg.seq_pooling,
                 user_feature_dim=None if user_matrix is None else user_matrix.shape[1],
                 fusion=cfg.hybrid_fusion,
+                causal=cfg.seq_causal,
             )
 
         runs.append(ModelRun(column=column, build=build, init_seed=seed + 200,
-                             user_matrix=user_matrix, use_sequence=True,
-                             max_epochs=min(cfg.max_epochs, cfg.seq_max_epochs)))
+                             user_matrix=user_matrix, use_sequence=True))
     return runs
 
 
@@ -157,8 +159,7 @@ def evaluate_task(
         -> float vector ([dim_u] resp. [dim_i], same dim within a dict).
       seed: seeds the user split, all negative sampling and weight init.
       epochs: the most epochs any model trains (early stopping on the
-        validation loss usually stops it sooner); None: ``config.max_epochs``
-        (the sequence models: at most ``config.seq_max_epochs``).
+        validation loss usually stops it sooner); None: ``config.max_epochs``.
       num_negatives: K sampled negatives per test positive (paper: 100).
       config: the rest of the settings (:class:`EvalConfig`).
       task_name: recorded in ``info``.
@@ -195,7 +196,7 @@ def evaluate_task(
             start_weights = results[T_UBM].weights
             run = dataclasses.replace(run, trainable=("user_feature_projection",),
                                       learning_rate=cfg.umlp_learning_rate)
-        cap = epochs if epochs is not None else run.max_epochs or cfg.max_epochs
+        cap = epochs if epochs is not None else cfg.max_epochs
         result = fit_and_score(run, task, features.user_row, cap, cfg, seed, progress,
                                start_weights=start_weights)
         results[run.column] = result

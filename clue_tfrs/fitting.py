@@ -49,6 +49,7 @@ from clue_tfrs.losses import softmax_loss
 from clue_tfrs.model_inputs import ModelInputs, batch_order, history_lengths
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
+from clue_tfrs.windows import WindowInputs, build_windows
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
            "validation_loss", "epoch_postfix", "history_lengths", "shared_negatives",
@@ -71,7 +72,8 @@ class ModelRun:
       negatives: uniform training negatives shared by each batch (None:
         ``EvalConfig.train_negatives``).
       trainable: names of the model's layers that train (None: all).
-      max_epochs: its epoch cap when the caller sets none (None: ``EvalConfig.max_epochs``).
+      batch_size: training positives per batch (None: ``EvalConfig.batch_size``; a causal
+        sequence model trains on ``EvalConfig.seq_window_batch`` windows instead).
     """
 
     column: str
@@ -83,7 +85,7 @@ class ModelRun:
     learning_rate: Optional[float] = None
     negatives: Optional[int] = None
     trainable: Optional[Tuple[str, ...]] = None
-    max_epochs: Optional[int] = None
+    batch_size: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -113,18 +115,19 @@ class FitResult:
     weights: Optional[Dict[str, np.ndarray]] = None
 
 
-def _batch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, negatives: np.ndarray,
-                   batches: List[np.ndarray]) -> tf.data.Dataset:
+def _batch_dataset(inputs: ModelInputs, examples: Optional[tasks_lib.Examples],
+                   negatives: np.ndarray, batches: List[np.ndarray]) -> tf.data.Dataset:
     """(features, negatives) per batch: the query and positive-candidate features of the
-    batch's examples, and the candidate features of its shared negatives (``negatives``
+    batch's examples (windows, ``examples`` None: the query features, which hold the
+    positives), and the candidate features of its shared negatives (``negatives``
     int [len(batches), M], one row per batch)."""
-    targets = tf.constant(examples.targets.astype(np.int64))
+    targets = None if examples is None else tf.constant(examples.targets.astype(np.int64))
     ragged = tf.RaggedTensor.from_row_lengths(
         np.concatenate(batches).astype(np.int64), [len(b) for b in batches])
 
     def to_features(ex, negs):
-        return ({**inputs.query(ex), **inputs.candidate(tf.gather(targets, ex))},
-                inputs.candidate(negs))
+        positives = {} if targets is None else inputs.candidate(tf.gather(targets, ex))
+        return {**inputs.query(ex), **positives}, inputs.candidate(negs)
 
     return (tf.data.Dataset.from_tensor_slices((ragged, negatives.astype(np.int64)))
             .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -142,10 +145,10 @@ def shared_negatives(num_batches: int, num_items: int, num_negatives: int,
     return out
 
 
-def _epoch_dataset(inputs: ModelInputs, examples: tasks_lib.Examples, num_items: int,
+def _epoch_dataset(inputs: ModelInputs, examples: Optional[tasks_lib.Examples], num_items: int,
                    num_negatives: int, batch_size: int, rng: np.random.Generator
                    ) -> tf.data.Dataset:
-    batches = batch_order(len(examples), batch_size, rng,
+    batches = batch_order(len(inputs.lengths), batch_size, rng,
                           inputs.lengths if inputs.use_sequence else None)
     negs = shared_negatives(len(batches), num_items, num_negatives, rng)
     return _batch_dataset(inputs, examples, negs, batches)
@@ -172,6 +175,7 @@ def fit(
     learning_rate: Optional[float] = None,
     negatives: Optional[int] = None,
     progress: Optional[ProgressBar] = None,
+    batch_size: Optional[int] = None,
 ) -> Dict[str, object]:
     """Fits ``model`` with early stopping on the validation loss, at most ``epochs`` epochs.
 
@@ -194,8 +198,12 @@ def fit(
         val_items = np.concatenate([task.val.targets[:, None], negs], axis=1)
     best, best_epoch, best_weights, waited = math.inf, 0, None, 0
     for epoch in range(1, epochs + 1):
-        ds = _epoch_dataset(train_inputs, task.train, task.num_items, num_negatives,
-                            cfg.batch_size, rng)
+        if isinstance(train_inputs, WindowInputs):
+            ds = _epoch_dataset(train_inputs, None, task.num_items, num_negatives,
+                                cfg.seq_window_batch, rng)
+        else:
+            ds = _epoch_dataset(train_inputs, task.train, task.num_items, num_negatives,
+                                batch_size or cfg.batch_size, rng)
         logs = model.fit(ds, epochs=1, verbose=0).history
         history["loss"].append(float(logs["softmax_loss"][-1]))
         if val_items is None:
@@ -258,6 +266,14 @@ def _sequence_part_frozen(model: models_lib.DownstreamModel, run: ModelRun) -> b
                         if layer is not model.user_feature_projection))
 
 
+def _trains_on_windows(model: models_lib.DownstreamModel, run: ModelRun,
+                       examples: tasks_lib.Examples) -> bool:
+    """A causal sequence model whose every training example has a history: one pass per
+    window (:mod:`clue_tfrs.windows`) gives every example's query."""
+    return (run.use_sequence and getattr(model, "causal", False) and len(examples) > 0
+            and bool(history_lengths(examples.histories).min() > 0))
+
+
 def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
                    tower: Optional[Callable] = None, batch: int = 1024) -> np.ndarray:
     """float32 [n, D] query vectors (``tower``: another function of the query features)
@@ -312,11 +328,15 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
             ModelInputs(ex, run.user_matrix, user_row, run.item_matrix,
                         sequence_vectors=_embed_queries(model, inp, len(ex), model.sequence_vector))
             for ex, inp in ((task.train, train_in), (task.val, val_in), (task.test, test_in)))
+    elif _trains_on_windows(model, run, task.train):
+        train_in = WindowInputs(build_windows(task.train), run.user_matrix, user_row,
+                                run.item_matrix)
     bar = (ProgressBar(epochs, desc=run.column, unit="epoch", stream=progress)
            if progress is not None else None)
     try:
         history = fit(model, train_in, val_in, task, epochs, cfg, seed,
-                      learning_rate=run.learning_rate, negatives=run.negatives, progress=bar)
+                      learning_rate=run.learning_rate, negatives=run.negatives, progress=bar,
+                      batch_size=run.batch_size)
     finally:
         if bar is not None:
             bar.close()

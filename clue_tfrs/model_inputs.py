@@ -28,7 +28,7 @@ class ModelInputs:
     features; ``query(ex)`` and ``candidate(items)`` gather from them, histories
     cut to the longest in the batch (leading all-padding columns dropped). With
     ``sequence_vectors`` (float [N, H], a frozen sequence part's output per
-    example, :meth:`clue_tfrs.models.SequenceModel.sequence_vector`) queries
+    example, :meth:`clue_tfrs.sequence_model.SequenceModel.sequence_vector`) queries
     carry those instead of the histories.
     """
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from clue_tfrs import evaluate as ev
 from clue_tfrs import models
+from clue_tfrs import sequence_model
 from clue_tfrs import protocol
 from clue_tfrs import reporting
 from clue_tfrs import tasks
@@ -192,7 +193,7 @@ def test_load_task_round_trip(tmp_path):
 
 def test_sequence_model_ignores_padding():
     tf.keras.utils.set_random_seed(0)
-    model = models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=2, num_heads=2)
+    model = sequence_model.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=2, num_heads=2)
     history = tf.constant([[0, 0, 5, 7]])
     before = model.query_tower({"history": history}).numpy()
     # Scramble the padding row of the shared embedding table: a correct

@@ -9,6 +9,7 @@ import tensorflow as tf
 from clue_tfrs import fitting
 from clue_tfrs import losses
 from clue_tfrs import models
+from clue_tfrs import sequence_model
 from clue_tfrs import tasks
 
 
@@ -79,7 +80,7 @@ def test_a_model_started_from_trained_t_ubm_weights_scores_as_that_t_ubm():
                         histories=histories)
     user_matrix, user_row = np.ones((2, 5), np.float32), {"a": 0, "b": 1}
     tf.keras.utils.set_random_seed(1)
-    tubm = models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
+    tubm = sequence_model.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
                                 num_heads=2)
     t_in = fitting.ModelInputs(ex, use_sequence=True)
     idx = tf.constant([0, 1], tf.int64)
@@ -88,7 +89,7 @@ def test_a_model_started_from_trained_t_ubm_weights_scores_as_that_t_ubm():
     for v in tubm.trainable_weights:  # "trained": anything but its initialisation
         v.assign(v + tf.random.normal(v.shape, seed=2))
     tf.keras.utils.set_random_seed(5)  # another initialisation
-    hybrid = models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
+    hybrid = sequence_model.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
                                   num_heads=2, user_feature_dim=5)
     h_in = fitting.ModelInputs(ex, user_matrix, user_row, use_sequence=True)
     loaded = fitting.load_matching_weights(hybrid, h_in, fitting.named_weights(tubm))
@@ -150,9 +151,9 @@ def test_prepare_train_step_traces_once_and_trains_exactly_as_before():
     seq_in = fitting.ModelInputs(ex, user_matrix, user_row, use_sequence=True)
     umlp_in = fitting.ModelInputs(ex, user_matrix, user_row, np.eye(10, 6, dtype=np.float32))
     cases = [
-        (lambda: models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=2,
+        (lambda: sequence_model.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=2,
                                       num_heads=2, dropout=0.3), seq_in),
-        (lambda: models.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
+        (lambda: sequence_model.SequenceModel(num_items=9, max_history=4, hidden_size=8, num_layers=1,
                                       num_heads=2, dropout=0.3, user_feature_dim=5), seq_in),
         (lambda: models.UMLP(width=4, num_items=9, item_bias=True), umlp_in),
     ]

@@ -13,6 +13,7 @@ from clue_bench.evaluate import synthetic_task
 from clue_tfrs import evaluate as ev
 from clue_tfrs import fitting
 from clue_tfrs import models
+from clue_tfrs import sequence_model
 from clue_tfrs import protocol
 
 TINY = protocol.EvalConfig(max_history=8, seq_hidden_size=16, seq_num_layers=1, seq_num_heads=2,
@@ -32,7 +33,7 @@ def _task(seed=0):
 
 def _seq(**kw):
     tf.keras.utils.set_random_seed(7)
-    return models.SequenceModel(num_items=30, max_history=6, hidden_size=8, num_layers=1,
+    return sequence_model.SequenceModel(num_items=30, max_history=6, hidden_size=8, num_layers=1,
                                 num_heads=2, **kw)
 
 
@@ -66,7 +67,7 @@ def test_the_residual_hybrid_starts_as_the_t_ubm_and_ignores_zero_features():
 
 def test_histories_cut_to_their_real_items_score_the_same():
     tf.keras.utils.set_random_seed(0)
-    model = models.SequenceModel(num_items=30, max_history=8, hidden_size=16, num_layers=2,
+    model = sequence_model.SequenceModel(num_items=30, max_history=8, hidden_size=16, num_layers=2,
                                  num_heads=2)
     history = np.array([[0, 0, 0, 0, 0, 3, 7, 9], [0, 0, 0, 0, 0, 0, 4, 2]], np.int32)
     full = model.query_tower({"history": tf.constant(history)}).numpy()
