@@ -10,7 +10,8 @@ and scores, on the same test positives and the same ``uni100`` negatives:
 * ``TopPop``: popularity in the train split;
 * ``U-MLP (<name>)`` for every feature set (the untrained-encoder baseline is
   simply a feature set computed with a randomly initialised encoder);
-* ``T-UBM (BST)``: the sequence model on the task's own histories;
+* ``T-UBM (BST)``: the sequence model on the task's own histories (causal by
+  default, trained in one pass per user window: ``EvalConfig.seq_causal``);
 * ``Hybrid (BST + <name>)``: T-UBM plus that feature set's user vector (by
   default ``CLUE``, when given), as a zero-initialised residual on the T-UBM's
   user vector; it starts as exactly the trained T-UBM (its kept weights, the
@@ -122,7 +123,7 @@ def _select_hybrid(results: Dict[str, FitResult], hybrid_set: Optional[str], cfg
 
     The Hybrid with a zero feature weight *is* the T-UBM of the same seed, so
     both are candidates of the Hybrid column; the trained Hybrid is kept only
-    when its best validation loss beats the T-UBM's by ``cfg.min_delta``
+    when its best validation loss beats the T-UBM's by ``cfg.hybrid_min_gain``
     (same validation positives and negatives). A feature that carries nothing
     for the task thus cannot pull the Hybrid below its sequence part.
     """
@@ -130,10 +131,10 @@ def _select_hybrid(results: Dict[str, FitResult], hybrid_set: Optional[str], cfg
     if cfg.hybrid_fusion != "residual" or column not in results or T_UBM not in results:
         return None
     mine, base = results[column].best_val_loss, results[T_UBM].best_val_loss
-    keep = mine is None or base is None or mine < base - cfg.min_delta
+    keep = mine is None or base is None or mine < base - cfg.hybrid_min_gain
     if not keep:
         log.info("%s: validation loss %.4f not below T-UBM's %.4f - %g: reporting the T-UBM",
-                 column, mine, base, cfg.min_delta)
+                 column, mine, base, cfg.hybrid_min_gain)
     return {"column": column, "selected": column if keep else T_UBM,
             "val_loss": mine, "t_ubm_val_loss": base}
 

@@ -18,6 +18,11 @@ than ``EvalConfig.min_delta`` for ``EvalConfig.patience`` epochs, or after the
 epoch cap, and the weights of the best epoch are restored. A model may start
 from another's trained weights (``start_weights``: the Hybrid from the T-UBM).
 
+A causal sequence model trains on windows instead (:mod:`clue_tfrs.windows`,
+``EvalConfig.seq_window_batch`` per batch): one pass over a user's window gives
+the query of every positive in it; validation and scoring still read one
+history per positive.
+
 Speed: sequence-model batches hold histories of similar length
 (:func:`batch_order`), each cut to its longest (right-aligned, padding masked:
 same scores, less work). The training step is traced once per model; queries
