@@ -20,8 +20,10 @@ from another's trained weights (``start_weights``: the Hybrid from the T-UBM).
 
 A causal sequence model trains on windows instead (:mod:`clue_tfrs.windows`,
 ``EvalConfig.seq_window_batch`` per batch): one pass over a user's window gives
-the query of every positive in it; validation and scoring still read one
-history per positive.
+the query of every positive in it. Validation and scoring embed each positive's
+own history, exactly, but a causal model reads them off shared passes too: a
+user's histories shorter than T are prefixes of one another
+(:func:`clue_tfrs.windows.query_windows`).
 
 Speed: sequence-model batches hold histories of similar length
 (:func:`batch_order`), each cut to its longest (right-aligned, padding masked:
@@ -54,7 +56,7 @@ from clue_tfrs.losses import softmax_loss
 from clue_tfrs.model_inputs import ModelInputs, batch_order, history_lengths
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
-from clue_tfrs.windows import WindowInputs, build_windows
+from clue_tfrs.windows import WindowInputs, build_windows, query_windows
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
            "validation_loss", "epoch_postfix", "history_lengths", "shared_negatives",
@@ -280,18 +282,41 @@ def _trains_on_windows(model: models_lib.DownstreamModel, run: ModelRun,
 
 
 def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
-                   tower: Optional[Callable] = None, batch: int = 1024) -> np.ndarray:
-    """float32 [n, D] query vectors (``tower``: another function of the query features)
-    of examples 0..n-1, batched by history length."""
+                   part: str = "query", batch: int = 1024) -> np.ndarray:
+    """float32 [n, D] query vectors (``part="sequence"``: the sequence model's
+    ``sequence_vector``) of examples 0..n-1, batched by history length; a causal model's
+    from the fewest passes that give them exactly (:func:`_embed_causal`)."""
+    if getattr(model, "causal", False) and inputs.use_sequence and n:
+        return _embed_causal(model, inputs, part, batch)
+    tower = model.query_tower if part == "query" else model.sequence_vector
     batches = batch_order(n, batch, None, inputs.lengths if inputs.use_sequence else None)
     out: Optional[np.ndarray] = None
     for idx in batches:
-        q = (tower or model.query_tower)(inputs.query(tf.constant(idx, tf.int64)),
-                                         training=False).numpy()
+        q = tower(inputs.query(tf.constant(idx, tf.int64)), training=False).numpy()
         if out is None:
             out = np.zeros((n, q.shape[1]), np.float32)
         out[idx] = q
     return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+def _embed_causal(model, inputs: ModelInputs, part: str, batch: int) -> np.ndarray:
+    """A causal model's queries of every example, read off the columns of one pass per
+    :func:`clue_tfrs.windows.query_windows` window (a user's short histories share one)."""
+    windows, rep, rows, cols = query_windows(inputs.example_histories, inputs.user_ids)
+    win = inputs.rows_like(rep, windows)
+    each = model.sequence_queries if part == "query" else model.sequence_vectors
+    by_row = np.argsort(rows, kind="stable")
+    sorted_rows, width = rows[by_row], windows.shape[1]
+    out: Optional[np.ndarray] = None
+    for start in range(0, len(windows), batch):
+        stop = min(start + batch, len(windows))
+        q = each(win.query(tf.range(start, stop, dtype=tf.int64)), training=False).numpy()
+        if out is None:
+            out = np.zeros((len(rows), q.shape[-1]), np.float32)
+        lo, hi = np.searchsorted(sorted_rows, [start, stop])
+        ex = by_row[lo:hi]
+        out[ex] = q[rows[ex] - start, cols[ex] - (width - q.shape[1])]
+    return out
 
 
 def _embed_candidates(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,
@@ -331,7 +356,7 @@ def fit_and_score(run: ModelRun, task: PreparedTask, user_row: Mapping[str, int]
     if _sequence_part_frozen(model, run):  # its output per example, once, not every epoch
         train_in, val_in, test_in = (
             ModelInputs(ex, run.user_matrix, user_row, run.item_matrix,
-                        sequence_vectors=_embed_queries(model, inp, len(ex), model.sequence_vector))
+                        sequence_vectors=_embed_queries(model, inp, len(ex), "sequence"))
             for ex, inp in ((task.train, train_in), (task.val, val_in), (task.test, test_in)))
     elif _trains_on_windows(model, run, task.train):
         train_in = WindowInputs(build_windows(task.train), run.user_matrix, user_row,

@@ -51,6 +51,20 @@ class ModelInputs:
         self.item_features = None if item_matrix is None else tf.constant(item_matrix)
         self.histories = tf.constant(examples.histories) if use_sequence else None
         self.lengths = history_lengths(examples.histories)
+        self.user_ids, self.example_histories = examples.user_ids, examples.histories
+
+    def rows_like(self, rep: np.ndarray, histories: np.ndarray) -> "ModelInputs":
+        """Inputs whose row r has history ``histories[r]`` and the user features of this
+        split's example ``rep[r]`` (query windows of a causal model, `clue_tfrs.windows`)."""
+        out = object.__new__(ModelInputs)
+        out.use_sequence, out.sequence_vectors = True, None
+        out.user_features = (None if self.user_features is None
+                             else tf.gather(self.user_features, rep))
+        out.item_features = self.item_features
+        out.histories = tf.constant(histories)
+        out.lengths = history_lengths(histories)
+        out.user_ids, out.example_histories = self.user_ids[rep], histories
+        return out
 
     def query(self, ex: tf.Tensor) -> Dict[str, tf.Tensor]:
         out = {}

@@ -272,18 +272,25 @@ class SequenceModel(DownstreamModel):
         after t. The layers run in the order ``query_tower`` runs them."""
         if not self.causal:
             raise ValueError("sequence_queries needs a causal SequenceModel")
-        x, mask = self._encode(features, training)
-        pooled = self._pooled_each(x, mask)  # [B, T', H]
         if self.user_feature_projection is not None and self.fusion == "concat":
+            x, mask = self._encode(features, training)
+            pooled = self._pooled_each(x, mask)  # [B, T', H]
             feature = self.user_feature_projection(features["user_features"])[:, None, :]
             user = self.output_projection(tf.concat(
                 [pooled, tf.broadcast_to(feature, tf.shape(pooled))], axis=-1))
         else:
-            user = self.output_projection(pooled)
+            user = self.sequence_vectors(features, training)
             if self.user_feature_projection is not None:
                 feature = self.user_feature_norm(tf.cast(features["user_features"], user.dtype))
                 user = user + self.user_feature_projection(feature)[:, None, :]
         return tf.concat([user, tf.ones_like(user[..., :1])], axis=-1)
+
+    def sequence_vectors(self, features: Features, training: bool = False) -> tf.Tensor:
+        """float32 [B, T', H]: :meth:`sequence_vector` after each column (causal models)."""
+        if not self.causal:
+            raise ValueError("sequence_vectors needs a causal SequenceModel")
+        x, mask = self._encode(features, training)
+        return self.output_projection(self._pooled_each(x, mask))
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         """A batch of next-item windows (``"next_items"`` int [B, T'], the item after each

@@ -18,7 +18,7 @@ window's start.
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -26,9 +26,9 @@ import clue_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from clue_tfrs import tasks as tasks_lib
-from clue_tfrs.model_inputs import ModelInputs
+from clue_tfrs.model_inputs import ModelInputs, history_lengths
 
-__all__ = ["Windows", "build_windows", "WindowInputs"]
+__all__ = ["Windows", "build_windows", "WindowInputs", "query_windows"]
 
 
 @dataclasses.dataclass
@@ -103,3 +103,45 @@ class WindowInputs(ModelInputs):
         width = tf.shape(out["history"])[1]
         out["next_items"] = tf.gather(self.next_items, ex)[:, self.next_items.shape[1] - width:]
         return out
+
+
+def query_windows(histories: np.ndarray, user_ids: np.ndarray
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fewest histories whose causal pass gives every example's query exactly.
+
+    A history shorter than T starts at its user's first item, so it is a prefix of
+    that user's longest such history: one pass over the longest gives all of them
+    (column t: the query after the history's first t + 1 items). A full-width (or
+    empty, or not prefix-consistent) history is its own window.
+
+    Returns ``(windows int [W, T] right-aligned, rep int [W] an example of each
+    window's user, rows int [N], cols int [N])``: example i's query is column
+    ``cols[i]`` of window ``rows[i]``. Windows are ordered by length.
+    """
+    n, width = histories.shape
+    lengths = history_lengths(histories)
+    rows = np.empty(n, np.int64)
+    cols = np.full(n, width - 1, np.int64)
+    prefix_of: Dict[object, int] = {}
+    for i in np.argsort(-lengths, kind="stable"):  # each user's longest short history first
+        if 0 < lengths[i] < width:
+            prefix_of.setdefault(user_ids[i], i)
+    windows: List[int] = []  # the example whose history is the window
+    window_of: Dict[int, int] = {}
+    for i in range(n):
+        head = prefix_of.get(user_ids[i]) if 0 < lengths[i] < width else None
+        if head is not None:
+            m, k = lengths[head], lengths[i]
+            if np.array_equal(histories[i, width - k:], histories[head, width - m:width - m + k]):
+                if head not in window_of:
+                    window_of[head] = len(windows)
+                    windows.append(head)
+                rows[i], cols[i] = window_of[head], width - m + k - 1
+                continue
+        rows[i] = len(windows)
+        windows.append(i)
+    rep = np.asarray(windows, np.int64)
+    order = np.argsort(lengths[rep], kind="stable")
+    new_row = np.empty(len(rep), np.int64)
+    new_row[order] = np.arange(len(rep))
+    return histories[rep[order]], rep[order], new_row[rows], cols

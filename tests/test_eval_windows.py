@@ -18,7 +18,7 @@ from clue_tfrs import tasks
 from clue_tfrs.model_inputs import ModelInputs
 from clue_tfrs.protocol import EvalConfig
 from clue_tfrs.sequence_model import SequenceModel
-from clue_tfrs.windows import WindowInputs, build_windows
+from clue_tfrs.windows import WindowInputs, build_windows, query_windows
 
 
 def _examples(lengths, max_history, min_history=1):
@@ -155,3 +155,31 @@ def test_a_causal_t_ubm_trains_on_windows_and_learns_the_next_item():
     scores[:, 0] = -np.inf
     top1 = float(np.mean(scores.argmax(axis=1) == ex.targets))
     assert top1 > 0.8, top1
+
+
+def test_query_windows_share_one_pass_per_user_for_short_histories():
+    ex = _examples([5, 9, 1, 3], max_history=4)  # u1: 4 examples with a full-width history
+    windows, rep, rows, cols = query_windows(ex.histories, ex.user_ids)
+    full = int(np.sum(np.count_nonzero(ex.histories, axis=1) == 4))
+    assert len(windows) == 3 + full  # u0, u1 and u3 share one each; u2 has no example
+    for i in range(len(ex)):  # column cols[i] of window rows[i] ends with example i's history
+        real = np.count_nonzero(ex.histories[i])
+        assert np.array_equal(windows[rows[i], cols[i] - real + 1:cols[i] + 1],
+                              ex.histories[i, 4 - real:])
+        assert ex.user_ids[rep[rows[i]]] == ex.user_ids[i]
+    assert list(np.count_nonzero(windows, axis=1)) == sorted(np.count_nonzero(windows, axis=1))
+
+
+@pytest.mark.parametrize("part", ["query", "sequence"])
+def test_causal_queries_from_shared_passes_equal_one_pass_per_example(part):
+    ex = _examples([5, 9, 1, 3, 6], max_history=4)
+    user_matrix = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    user_row = {f"u{k}": k for k in range(5)}
+    model = _causal(user_feature_dim=6)
+    inputs = ModelInputs(ex, user_matrix, user_row, use_sequence=True)
+    model.query_tower(inputs.query(tf.constant([0], tf.int64)))
+    model.user_feature_projection.kernel.assign(tf.fill((6, 8), 0.2))
+    got = fitting._embed_queries(model, inputs, len(ex), part, batch=2)
+    tower = model.query_tower if part == "query" else model.sequence_vector
+    want = tower(inputs.query(tf.range(len(ex), dtype=tf.int64))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
