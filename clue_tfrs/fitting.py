@@ -56,7 +56,7 @@ from clue_tfrs.losses import softmax_loss
 from clue_tfrs.model_inputs import ModelInputs, batch_order, history_lengths
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.protocol import EvalConfig, PreparedTask, RankedTest, rank_test_positives
-from clue_tfrs.windows import WindowInputs, build_windows, query_windows
+from clue_tfrs.windows import WindowInputs, build_windows, causal_queries
 
 __all__ = ["ModelRun", "ModelInputs", "FitResult", "fit_and_score", "fit", "batch_order",
            "validation_loss", "epoch_postfix", "history_lengths", "shared_negatives",
@@ -285,9 +285,10 @@ def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: in
                    part: str = "query", batch: int = 1024) -> np.ndarray:
     """float32 [n, D] query vectors (``part="sequence"``: the sequence model's
     ``sequence_vector``) of examples 0..n-1, batched by history length; a causal model's
-    from the fewest passes that give them exactly (:func:`_embed_causal`)."""
+    from the fewest passes that give them exactly
+    (:func:`clue_tfrs.windows.causal_queries`)."""
     if getattr(model, "causal", False) and inputs.use_sequence and n:
-        return _embed_causal(model, inputs, part, batch)
+        return causal_queries(model, inputs, part, batch)
     tower = model.query_tower if part == "query" else model.sequence_vector
     batches = batch_order(n, batch, None, inputs.lengths if inputs.use_sequence else None)
     out: Optional[np.ndarray] = None
@@ -297,26 +298,6 @@ def _embed_queries(model: models_lib.DownstreamModel, inputs: ModelInputs, n: in
             out = np.zeros((n, q.shape[1]), np.float32)
         out[idx] = q
     return out if out is not None else np.zeros((0, 1), np.float32)
-
-
-def _embed_causal(model, inputs: ModelInputs, part: str, batch: int) -> np.ndarray:
-    """A causal model's queries of every example, read off the columns of one pass per
-    :func:`clue_tfrs.windows.query_windows` window (a user's short histories share one)."""
-    windows, rep, rows, cols = query_windows(inputs.example_histories, inputs.user_ids)
-    win = inputs.rows_like(rep, windows)
-    each = model.sequence_queries if part == "query" else model.sequence_vectors
-    by_row = np.argsort(rows, kind="stable")
-    sorted_rows, width = rows[by_row], windows.shape[1]
-    out: Optional[np.ndarray] = None
-    for start in range(0, len(windows), batch):
-        stop = min(start + batch, len(windows))
-        q = each(win.query(tf.range(start, stop, dtype=tf.int64)), training=False).numpy()
-        if out is None:
-            out = np.zeros((len(rows), q.shape[-1]), np.float32)
-        lo, hi = np.searchsorted(sorted_rows, [start, stop])
-        ex = by_row[lo:hi]
-        out[ex] = q[rows[ex] - start, cols[ex] - (width - q.shape[1])]
-    return out
 
 
 def _embed_candidates(model: models_lib.DownstreamModel, inputs: ModelInputs, n: int,

@@ -28,7 +28,7 @@ import tensorflow as tf
 from clue_tfrs import tasks as tasks_lib
 from clue_tfrs.model_inputs import ModelInputs, history_lengths
 
-__all__ = ["Windows", "build_windows", "WindowInputs", "query_windows"]
+__all__ = ["Windows", "build_windows", "WindowInputs", "query_windows", "causal_queries"]
 
 
 @dataclasses.dataclass
@@ -145,3 +145,25 @@ def query_windows(histories: np.ndarray, user_ids: np.ndarray
     new_row = np.empty(len(rep), np.int64)
     new_row[order] = np.arange(len(rep))
     return histories[rep[order]], rep[order], new_row[rows], cols
+
+
+def causal_queries(model, inputs: ModelInputs, part: str = "query", batch: int = 1024
+                   ) -> np.ndarray:
+    """float32 [N, D]: a causal sequence model's query (``part="sequence"``: its
+    ``sequence_vector``) of every example of ``inputs``, read off the columns of one
+    pass per :func:`query_windows` window (a user's short histories share one)."""
+    windows, rep, rows, cols = query_windows(inputs.example_histories, inputs.user_ids)
+    win = inputs.rows_like(rep, windows)
+    each = model.sequence_queries if part == "query" else model.sequence_vectors
+    by_row = np.argsort(rows, kind="stable")
+    sorted_rows, width = rows[by_row], windows.shape[1]
+    out = None
+    for start in range(0, len(windows), batch):
+        stop = min(start + batch, len(windows))
+        q = each(win.query(tf.range(start, stop, dtype=tf.int64)), training=False).numpy()
+        if out is None:
+            out = np.zeros((len(rows), q.shape[-1]), np.float32)
+        lo, hi = np.searchsorted(sorted_rows, [start, stop])
+        ex = by_row[lo:hi]
+        out[ex] = q[rows[ex] - start, cols[ex] - (width - q.shape[1])]
+    return out
