@@ -40,6 +40,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Set
 
 from clue_keras.atomic import write_text_atomic
 from clue_keras.bpe_cache import DEFAULT_BPE_CACHE_WORDS, bounded_bpe_tokenize
+from clue_keras.uri import is_remote as _is_remote
 from clue_keras.text import (DEFAULT_MAX_TEXT_BYTES, cap_text_bytes_tf, clean_item_text,
                              normalize_text, normalize_text_tf,  # noqa: F401  (T.normalize_text)
                              prepare_for_bpe, prepare_for_bpe_tf)
@@ -144,9 +145,6 @@ class VocabInfo:
 
 # ----------------------------------------------------------------------------- file helpers
 
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def _read_text(path: str) -> str:

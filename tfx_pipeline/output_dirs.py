@@ -33,6 +33,9 @@ import os
 import shutil
 from typing import List, Optional, Tuple
 
+from clue_keras.uri import is_remote
+
+
 class OutputDirError(OSError):
     """An output directory cannot be written; the message names it and says why."""
 
@@ -49,7 +52,7 @@ def check_writable(path: str, what: str) -> None:
       OutputDirError: naming ``what`` (e.g. "the serving directory"), ``path``
         and the reason (read-only file system, not a directory, permission denied).
     """
-    if "://" in path:
+    if is_remote(path):
         return  # remote storage: its errors name the object when they happen
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
@@ -92,7 +95,7 @@ def remove_partial_pushes(metadata_path: str, pipeline_name: str, serving_dir: s
     the encoder's ``Pusher``; the lookup model's is ``LookupPusher``) left
     half-copied in ``serving_dir`` (rules in the module docstring); returns
     ``[(directory, why it was not whole)]``."""
-    if "://" in serving_dir or not os.path.isdir(serving_dir) \
+    if is_remote(serving_dir) or not os.path.isdir(serving_dir) \
             or not os.path.exists(metadata_path):
         return []
     from clue_keras.serving.version_dirs import incomplete_reason, list_version_dirs

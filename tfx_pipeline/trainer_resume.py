@@ -33,6 +33,8 @@ import os
 import posixpath
 from typing import Any, Dict, Sequence
 
+from clue_keras.uri import is_remote
+
 #: Sub-directory of the Trainer's node directory holding in-progress training.
 RESUMABLE = "resumable"
 #: File in the training directory naming what its key was computed from.
@@ -40,12 +42,12 @@ KEY_FILE = "resume_key.json"
 
 
 def _join(path: str, *parts: str) -> str:
-    return (posixpath if "://" in path else os.path).join(path, *parts)
+    return (posixpath if is_remote(path) else os.path).join(path, *parts)
 
 
 def _parent(path: str) -> str:
     path = path.rstrip("/")
-    return posixpath.dirname(path) if "://" in path else os.path.dirname(path)
+    return posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
 
 
 def resume_key(files: Sequence[str], custom_config: Dict[str, Any], policy: str) -> Dict[str, Any]:
@@ -76,7 +78,7 @@ def resumable_dir(model_run_dir: str, key: Dict[str, Any]) -> str:
 def publish_run(work_dir: str, model_run_dir: str) -> str:
     """Moves the finished training directory to ``model_run_dir`` (absent or empty,
     as TFX pre-creates it); returns ``model_run_dir``."""
-    if "://" not in work_dir and "://" not in model_run_dir:
+    if not is_remote(work_dir) and not is_remote(model_run_dir):
         if os.path.isdir(model_run_dir):
             os.rmdir(model_run_dir)  # only if empty: never clobbers a published run
         os.makedirs(os.path.dirname(os.path.abspath(model_run_dir)), exist_ok=True)

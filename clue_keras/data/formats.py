@@ -81,7 +81,7 @@ def _format_or_none(path: str) -> Optional[str]:
 
 
 def _glob(pattern: str) -> List[str]:
-    return uri.glob(pattern) if "://" in pattern else glob.glob(pattern)
+    return uri.glob(pattern) if uri.is_remote(pattern) else glob.glob(pattern)
 
 
 _is_dir, _is_file = uri.isdir, uri.isfile

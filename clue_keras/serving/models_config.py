@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from clue_keras.atomic import write_text_atomic
+from clue_keras.uri import is_remote
 
 
 def models_config(
@@ -45,7 +46,7 @@ def models_config(
             raise ValueError("model name must not be empty")
         if name in seen:
             raise ValueError(f"model name {name!r} appears twice")
-        if not (base_path.startswith("/") or "://" in base_path):
+        if not (base_path.startswith("/") or is_remote(base_path)):
             raise ValueError(
                 f"base_path {base_path!r} for model {name!r} must be absolute "
                 "(a path inside the server, e.g. /models/NAME, or a gs:// URL)"

@@ -54,6 +54,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
+from clue_keras.uri import is_remote
+
 #: Sub-directories of the output artifact.
 EMBEDDINGS_DIRNAME = "embeddings"
 #: Signature of the CLUE serving SavedModel the records go through.
@@ -169,7 +171,7 @@ def check_vocabulary(records_dir: str, model_dir: str) -> None:
 
 
 def _is_local(uri: str) -> bool:
-    return "://" not in uri
+    return not is_remote(uri)
 
 
 def export_lookup(records_dir: str, model_dir: str, out_dir: str,
