@@ -230,3 +230,19 @@ def test_blank_is_what_str_strip_removes():
     from clue_keras.data.fast_rows import BLANK
 
     assert set(BLANK) == {c for c in range(0x110000) if not chr(c).strip()}
+
+
+@pytest.mark.parametrize("name", ["well_formed", "whitespace_ids", "bad_utf8", "empty_ids"])
+def test_any_split_between_the_paths_gives_the_same_rows(monkeypatch, name):
+    """Rows the fast path could take but leaves to behavior_row are merged back in order."""
+    real = rb.fast_rows
+
+    def every_third_only(batch):
+        ok, rows = real(batch)
+        keep = ok.copy()
+        keep[::3] = False
+        return keep, [r for r, k in zip(rows, keep[ok]) if k]
+
+    want = _reference(BATCHES[name])
+    monkeypatch.setattr(rb, "fast_rows", every_third_only)
+    assert _parsed(BATCHES[name]) == want

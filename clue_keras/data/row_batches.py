@@ -178,13 +178,16 @@ def parse_batch(serialized: Sequence[bytes]) -> Tuple[List[Row], List[BadRow]]:
     ok, fast = fast_rows(batch)
     if ok.all():
         return fast, []
-    slow = iter(_behavior_rows(_batch_cells(batch.take(pa.array(np.flatnonzero(~ok))))))
-    fast_it = iter(fast)
+    slow = _behavior_rows(_batch_cells(batch.take(pa.array(np.flatnonzero(~ok)))))
+    bad = [r for r in slow if isinstance(r, BadRow)]
+    if len(bad) == len(slow):  # the usual case: the other rows are all dropped
+        return fast, bad
+    fast_it, slow_it = iter(fast), iter(slow)
     rows: List[Row] = []
-    bad: List[BadRow] = []
     for is_ok in ok.tolist():
-        row = next(fast_it) if is_ok else next(slow)
-        (bad if isinstance(row, BadRow) else rows).append(row)
+        row = next(fast_it) if is_ok else next(slow_it)
+        if not isinstance(row, BadRow):
+            rows.append(row)
     return rows, bad
 
 
