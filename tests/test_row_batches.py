@@ -167,7 +167,9 @@ BATCHES = {
     "bad_utf8": [_example([b], ["s"], [1], ["t"]) for b in BAD_UTF8]
     + [_example(["u"], [b], [1], ["t"]) for b in BAD_UTF8]
     + [_example(["u"], ["s"], [1], [b]) for b in BAD_UTF8] + WELL_FORMED[:2],
-    "int_ids": [_example([7], [3], [1], ["t"]), _example([8], [4], [2], ["u"])],
+    "int_ids": [_example([7], [3], [1], ["t"]), _example([-8], [0], [2], ["u"]),
+                _example([2**63 - 1], [-2**63], [3], None), _example([1, 2], [5], [4], ["v"]),
+                _example(None, [5], [5], ["w"]), _example("kindless", [5], [6], ["x"])],
     "int_text": [_example(["u"], ["s"], [1], [5]), _example(["u"], ["s"], [2], None)],
     "mixed_kinds": [_example([7], ["s"], [1], ["t"]),
                     _example(["u"], ["s"], ["2021-03-04"], ["t"]), *WELL_FORMED[:2]],
@@ -213,6 +215,8 @@ def test_the_fast_path_takes_the_well_formed_rows_and_only_those():
     assert ok.tolist() == [False] * 5 + [True]
     ok, _ = rb.fast_rows(rb._decode(BATCHES["bad_utf8"]))
     assert ok.tolist() == [False] * (3 * len(BAD_UTF8)) + [True, True]
+    ok, _ = rb.fast_rows(rb._decode(BATCHES["int_ids"]))
+    assert ok.tolist() == [True] * 3 + [False] * 3
     ok, _ = rb.fast_rows(rb._decode(BATCHES["whitespace_ids"]))
     assert ok.tolist() == ([False] * len(WS) + [True] * len(NOT_WS)) * 2
 
@@ -232,7 +236,8 @@ def test_blank_is_what_str_strip_removes():
     assert set(BLANK) == {c for c in range(0x110000) if not chr(c).strip()}
 
 
-@pytest.mark.parametrize("name", ["well_formed", "whitespace_ids", "bad_utf8", "empty_ids"])
+@pytest.mark.parametrize("name", ["well_formed", "whitespace_ids", "bad_utf8", "empty_ids",
+                                  "int_ids"])
 def test_any_split_between_the_paths_gives_the_same_rows(monkeypatch, name):
     """Rows the fast path could take but leaves to behavior_row are merged back in order."""
     real = rb.fast_rows

@@ -6,7 +6,8 @@ optimisation of it for the rows whose result it can prove without it, and
 nothing else. A row takes the fast path (`fast_rows`) when
 
 * ``user_id`` and ``service`` hold exactly one bytes / string value, valid UTF-8,
-  with at least one character that is not blank to ``str.strip`` (`BLANK`);
+  with at least one character that is not blank to ``str.strip`` (`BLANK`), or
+  exactly one int64 (an integer id column: its decimal string);
 * ``timestamp`` holds exactly one int64;
 * ``item_text`` holds at most one bytes / string value, valid UTF-8 (none, or no
   such feature in the batch: ``""``).
@@ -14,7 +15,7 @@ nothing else. A row takes the fast path (`fast_rows`) when
 Its row is then what `behavior_row` gives for those cells: the ids and the text
 decoded as UTF-8 and otherwise untouched, the timestamp the int. Every other row
 (several values, an empty or blank id, bytes that are not UTF-8, a missing, float
-or string timestamp, int ids, ...) is left to `behavior_row` itself by
+or string timestamp, int texts, float ids, ...) is left to `behavior_row` itself by
 ``parse_batch``, which also gives every `BadRow`.
 """
 
@@ -83,10 +84,14 @@ def _decodes(value: bytes) -> bool:
 
 def _id_column(lists, n: int):
     """``(ok, strings)`` of a ``user_id`` / ``service`` column: ok where it holds one
-    valid UTF-8, non-blank value."""
+    valid UTF-8, non-blank value, or one int64 (its decimal string, as ``str(int)``)."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    lens, values = _one_value(lists, n, pa.types.is_int64)
+    if values is not None:  # integer ids: never blank
+        return lens == 1, values.cast(pa.large_string())
     lens, values = _one_value(lists, n, _is_bytes)
     if values is None:
         return np.zeros(n, bool), None
