@@ -237,6 +237,11 @@ def behavior_row(user_id: Any, service: Any, timestamp: Any,
     the timestamp an int (:func:`normalize_timestamp`), a missing text ``""``
     (left for the cleaning to count).
 
+    This is the rule. `clue_keras.data.fast_rows` computes it vectorised over a
+    batch, for the one common shape of tf.Example rows only (one UTF-8 id, service
+    and text, one int64 timestamp), and leaves every other row to this function;
+    a change here must be made there too (tests/test_row_batches.py compares them).
+
     Raises:
       BadRow: the row is dropped; ``.reason`` / ``.key`` say why (module docstring).
     """
