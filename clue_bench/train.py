@@ -241,12 +241,12 @@ def build_bench_model(preset: str, batch_size: int, fill: float = 0.5,
     multi-worker strategy every worker builds the same batch and keeps its
     replicas' rows of it (``shard_by_data``), so the global batch equals the
     single-process one."""
-    policy = resolve_policy(precision)
     strategy = strategy or tf.distribute.get_strategy()
     if batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"global batch {batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     ids, mc = bench_data(preset, batch_size, fill, lengths)
+    policy = resolve_policy(precision, mc.hidden_dim)
     model = bench_model(mc, policy, batch_size, steps, strategy, child_buckets, parent_buckets)
     return model, _dataset(ids, batch_size), ids, mc, policy
 
@@ -328,9 +328,9 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
     if batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"global batch {batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    policy = resolve_policy(precision)
     ids, mc = bench_data(preset, batch_size, fill, lengths, records,
                          batches=steps if records else 1)
+    policy = resolve_policy(precision, mc.hidden_dim)
     ds = _dataset(ids, batch_size)
     models = {m: bench_model(mc, policy, batch_size, steps, strategy,
                              *_buckets_of(m, buckets, parent_buckets), xla=m == "xla")

@@ -49,7 +49,7 @@ from clue_keras.distribute import (adapt_keras_model, is_chief, is_multi_worker,
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.heldout import BEST_DIRNAME, HeldOut, HeldOutState
 from clue_keras.optimizer import make_optimizer
-from clue_keras.precision import resolve_policy
+from clue_keras.precision import choose_policy
 from clue_keras.pretrainer import CLUEPretrainer
 from clue_keras.train_progress import Progress, report_items
 from clue_keras.uri import is_remote
@@ -256,7 +256,7 @@ def train(
     for note in notes:
         log.warning(note)
         printer(f"WARNING: {note}")
-    policy = resolve_policy(precision)
+    policy, policy_reason = choose_policy(precision, model_config.hidden_dim)
     keras.utils.set_random_seed(tc.seed)
     chief, multi_worker = is_chief(strategy), is_multi_worker(strategy)
     out_dir = worker_dir(model_dir, strategy)   # model_dir on the chief, scratch elsewhere
@@ -310,7 +310,8 @@ def train(
                         bar=(printer is print and sys.stdout.isatty()) if progress_bar is None
                         else progress_bar)
     num_params = _count_params(model)
-    printer(f"CLUE: {num_params:,} parameters, policy {policy}, {replicas} replica(s) "
+    printer(f"CLUE: {num_params:,} parameters, policy {policy} ({policy_reason}), "
+            f"{replicas} replica(s) "
             f"({type(strategy).__name__}), global batch {tc.batch_size}, "
             f"{tc.train_steps} steps = {tc.train_steps * tc.batch_size / users:.2f} passes "
             f"over {users:,} pre-training users ({users_all - users:,} without a pair of "

@@ -89,7 +89,7 @@ def run_fn(fn_args) -> None:
     # Checkpoints live where a retry of this Trainer (same inputs, same settings) finds them.
     work_dir = resumable_dir(fn_args.model_run_dir, resume_key(
         train_files + list(fn_args.eval_files or []), custom_config,
-        resolve_policy(settings.precision)))
+        resolve_policy(settings.precision, model_config.hidden_dim)))
     logging.info("CLUE run_fn: preset %s, %s, batch %d, vocab %s", settings.preset,
                  f"{train_config.train_steps} steps" if train_config.epochs is None
                  else f"{train_config.epochs:g} epochs", train_config.batch_size, vocab_dir)
