@@ -11,15 +11,19 @@ import pytest
 import tensorflow as tf
 
 import clue_synth as synth
+from clue_keras import precision
 from clue_keras.config import PRESETS, TrainConfig
 from clue_keras.cross_service import cross_service_top1
 from clue_keras.data.input import load_split_arrays
 from clue_keras.data.prepare import prepare_local
+from clue_keras.export import export_saved_model
 from clue_keras.tokenizer import load_vocab_info
 from clue_keras.optimizer import make_schedule
 from clue_keras.train import load_pretrainer, train
 
 MC = PRESETS["tiny"]
+WIDE = MC.replace(hidden_dim=precision.BF16_MIN_HIDDEN, intermediate_dim=256,
+                 projection_dim=64, num_heads=4)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +165,41 @@ def test_no_records_is_a_clear_error(records, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^no files match {re.escape(repr(pattern))}$"):
         train(pattern, os.path.join(records, "vocab"), MC,
               TrainConfig(train_steps=2, checkpoint_every=2), str(tmp_path / "m"))
+
+
+@pytest.mark.slow
+def test_auto_mixed_bfloat16_learns_and_exports_float32(records, tmp_path, monkeypatch):
+    # What `--precision auto` picks for a model BF16_MIN_HIDDEN wide on a CPU with native
+    # bf16: it still learns, says why, and exports float32 equal to its Keras encoder.
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)   # whatever CPU runs this
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [] if kind == "GPU" else ["cpu"])
+    rec = records
+    vocab = os.path.join(rec, "vocab")
+    tc = TrainConfig(batch_size=64, train_steps=150, checkpoint_every=150, log_every=50,
+                     learning_rate=2e-3, patience=0)
+    lines = []
+    result = train(os.path.join(rec, "Split-train", "*"), vocab, WIDE, tc, str(tmp_path / "m"),
+                   eval_files=os.path.join(rec, "Split-eval", "*"), precision="auto",
+                   printer=lines.append)
+    monkeypatch.undo()                  # the real device list again, for predict and export
+    assert any("policy mixed_bfloat16 (auto: CPU with native bf16 and a model 128 wide" in line
+               for line in lines), lines[:3]
+    losses = [h["loss"] for h in result.history]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5, losses
+
+    model = load_pretrainer(str(tmp_path / "m" / "pretrainer.keras"))
+    ids = load_split_arrays(os.path.join(rec, "Split-test", "*"),
+                            load_vocab_info(vocab))["token_ids"]
+    out = model.encoder.predict({"token_ids": ids}, verbose=0)
+    check = cross_service_top1(np.asarray(out["user_embedding"], np.float32),
+                               np.asarray(out["service_mask"]))
+    assert check["queries"] > 100 and check["top1"] > 5 * check["chance"], check
+
+    path = export_saved_model(model, vocab, str(tmp_path / "serving" / "1"))
+    served = tf.saved_model.load(path).signatures["embed_tokens"](
+        token_ids=tf.constant(ids[:16]))["service_embeddings"]
+    assert served.dtype == tf.float32
+    ref = np.asarray(out["user_embedding"][:16], np.float32)
+    ref = ref / np.maximum(np.linalg.norm(ref, axis=-1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(served.numpy(), ref, atol=2e-2)
