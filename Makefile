@@ -6,6 +6,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
 RUN_ARGS ?=
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers (a file's tests stay together).
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast venv clean
 
@@ -19,7 +21,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/clue run $(RUN_ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
