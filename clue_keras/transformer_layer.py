@@ -29,14 +29,23 @@ class FlatDense(keras.layers.Dense):
     products summed by a ``Sum``: on CPU 70% and 14% of a clue-4m training
     step's kernel time (docs/PERFORMANCE.md, "Profile"). Same weights and
     results; 2-D ``MatMul`` forward and backward.
+
+    The activation runs in float32 whatever the compute dtype: TensorFlow's CPU
+    kernels for bfloat16 elementwise ops are scalar, and GELU's forward and
+    backward cost 1.6x more in bfloat16 than cast to float32 and back
+    (docs/PERFORMANCE.md, "Elementwise work under mixed_bfloat16"). In float32
+    the casts are no-ops.
     """
 
     def call(self, inputs, training=None):
         shape = ops.shape(inputs)
-        if len(shape) == 2:
-            return super().call(inputs, training=training)
-        y = super().call(ops.reshape(inputs, (-1, shape[-1])), training=training)
-        return ops.reshape(y, (*shape[:-1], self.units))
+        flat = inputs if len(shape) == 2 else ops.reshape(inputs, (-1, shape[-1]))
+        y = ops.matmul(flat, self.kernel)
+        if self.bias is not None:
+            y = ops.add(y, self.bias)
+        if self.activation is not None:
+            y = ops.cast(self.activation(ops.cast(y, "float32")), y.dtype)
+        return y if len(shape) == 2 else ops.reshape(y, (*shape[:-1], self.units))
 
 
 @keras.saving.register_keras_serializable(package="clue")
