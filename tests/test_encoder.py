@@ -226,3 +226,25 @@ def test_feed_forward_runs_as_2d_matmuls_with_keras_hub_results():
 
     assert batch_matmuls(ref), "the reference should show the broadcast matmul"
     assert batch_matmuls(ours) == []
+
+
+def test_flat_dense_activation_runs_in_float32_under_mixed_bfloat16():
+    """Under mixed_bfloat16 FlatDense's GELU runs on the float32 matmul result cast
+    up (bfloat16 elementwise kernels are slow on CPU): the graph holds the Erf in
+    float32 and the output is the float32 GELU of the bfloat16 pre-activation,
+    rounded once to bfloat16."""
+    from clue_keras.transformer_layer import FlatDense
+
+    layer = FlatDense(8, activation="gelu", dtype="mixed_bfloat16")
+    x = tf.random.stateless_normal((3, 4, 6), seed=(3, 4))
+    layer.build(x.shape)
+    y = layer(x)
+    assert y.dtype == tf.bfloat16 and y.shape == (3, 4, 8)
+    pre = tf.matmul(tf.reshape(tf.cast(x, tf.bfloat16), (-1, 6)),
+                    tf.cast(layer.kernel, tf.bfloat16)) + tf.cast(layer.bias, tf.bfloat16)
+    want = tf.cast(tf.nn.gelu(tf.cast(pre, tf.float32)), tf.bfloat16)
+    np.testing.assert_array_equal(tf.reshape(y, (-1, 8)).numpy().astype(np.float32),
+                                  want.numpy().astype(np.float32))
+    graph = tf.function(layer).get_concrete_function(x).graph
+    erfs = [op for op in graph.get_operations() if op.type == "Erf"]
+    assert erfs and all(op.outputs[0].dtype == tf.float32 for op in erfs)
