@@ -72,6 +72,23 @@ def is_matmul(op_type: str) -> bool:
     return any(w in op_type for w in MATMUL_WORDS)
 
 
+#: The parts of a training step an op is charged to, by the first rule that matches
+#: (matrix products by op type; the rest by the layer in the op's name).
+PARTS = (("GELU", "/Gelu"), ("LayerNorm", "layer_norm"), ("softmax", "oftmax"),
+         ("optimizer", "adamw/"), ("attention, other", "self_attention_layer"))
+
+
+def part_of(name: str, op_type: str) -> str:
+    """The part of the step (``PARTS``, ``"matrix products"``, ``"casts"`` or
+    ``"other"``) an op named ``name`` of type ``op_type`` belongs to."""
+    if is_matmul(op_type):
+        return "matrix products"
+    for part, word in PARTS:
+        if word in name:
+            return part
+    return "casts" if op_type == "Cast" else "other"
+
+
 def rank_ops(xplane_path: str, steps: int, top: int = 15) -> Dict[str, object]:
     """The trace's kernels grouped by op type, most time first.
 
@@ -79,12 +96,15 @@ def rank_ops(xplane_path: str, steps: int, top: int = 15) -> Dict[str, object]:
     types with seconds per step, share of the ops' total, kernel runs per step
     and whether they are matrix products; ``matmul_share``: the share of all
     matrix-product kernels; ``backward_share``: of kernels under the gradient
-    tape; ``top_names``: the ``top`` single ops (by name) with their shares."""
+    tape; ``top_names``: the ``top`` single ops (by name) with their shares;
+    ``by_part``: the share of each part of the step (:func:`part_of`)."""
     seconds: Dict[str, float] = collections.defaultdict(float)
     counts: Dict[str, int] = collections.Counter()
     by_name: Dict[Tuple[str, str], float] = collections.defaultdict(float)
+    parts: Dict[str, float] = collections.defaultdict(float)
     backward = 0.0
     for name, op_type, s in kernel_events(xplane_path):
+        parts[part_of(name, op_type)] += s
         seconds[op_type] += s
         counts[op_type] += 1
         by_name[(name, op_type)] += s
@@ -105,6 +125,7 @@ def rank_ops(xplane_path: str, steps: int, top: int = 15) -> Dict[str, object]:
                     for t, s in ranked[:top]],
         "top_names": [{"op": f"{n} ({t})", "share": s / total}
                       for (n, t), s in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]],
+        "by_part": {p: s / total for p, s in sorted(parts.items(), key=lambda kv: -kv[1])},
     }
 
 
@@ -117,4 +138,7 @@ def format_ranking(prof: Dict[str, object]) -> str:
     for row in prof["by_type"]:
         lines.append(f"{row['op']:<28} {row['s_per_step']:>10.4g} {row['share']:>7.1%} "
                      f"{row['runs_per_step']:>10.0f}")
+    if prof.get("by_part"):
+        lines.append("by part: " + ", ".join(f"{p} {share:.1%}"
+                                             for p, share in prof["by_part"].items()))
     return "\n".join(lines)

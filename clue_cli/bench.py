@@ -59,7 +59,8 @@ def _add_train(bsub) -> None:
     b.add_argument("--profile", metavar="DIR",
                    help="after timing, profile --steps more steps of the last mode with the "
                         "TensorFlow profiler into DIR (TensorBoard's profile plugin reads it) "
-                        "and print the op types that took the most time")
+                        "and print the op types and the parts of the step (GELU, LayerNorm, "
+                        "matrix products, ...) that took the most time")
     b.add_argument("--workers", type=positive_int, default=1,
                    help="N > 1: N worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy) "
                         "against one process, both on the same global batch --batch-size, "

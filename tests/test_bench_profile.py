@@ -53,6 +53,32 @@ def test_rank_ops_sums_kernels_by_type_and_leaves_out_wrappers(tmp_path):
     assert "matrix products 95.0%" in text and "MatMul" in text
 
 
+def test_kernels_are_charged_to_the_parts_of_the_step(tmp_path):
+    enc = "model/encoder/child_0"
+    trace = _write_trace(tmp_path / "t.xplane.pb", [
+        ("tf_Compute/1", f"{enc}/feedforward_intermediate_dense/MatMul:_MklMatMul",
+         "_MklMatMul", 0, 400),
+        ("tf_Compute/1", f"gradient_tape/{enc}/feedforward_intermediate_dense/Gelu/mul:Mul",
+         "Mul", 400, 200),
+        ("tf_Compute/1", f"{enc}/feedforward_layer_norm/mul_1:Mul", "Mul", 600, 150),
+        ("tf_Compute/2", f"{enc}/self_attention_layer/softmax/Softmax:_MklSoftmax",
+         "_MklSoftmax", 0, 50),
+        ("tf_Compute/2", "adamw/Mul_3:Mul", "Mul", 50, 100),
+        ("tf_Compute/2", f"{enc}/self_attention_layer/SelectV2:SelectV2", "SelectV2", 150, 40),
+        ("tf_Compute/2", f"{enc}/Cast_2:Cast", "Cast", 190, 40),
+        ("tf_Compute/2", "model/GatherV2:GatherV2", "GatherV2", 230, 20),
+    ])
+    prof = profile.rank_ops(trace, steps=1)
+    assert prof["by_part"] == {
+        "matrix products": pytest.approx(0.4), "GELU": pytest.approx(0.2),
+        "LayerNorm": pytest.approx(0.15), "optimizer": pytest.approx(0.1),
+        "softmax": pytest.approx(0.05), "attention, other": pytest.approx(0.04),
+        "casts": pytest.approx(0.04), "other": pytest.approx(0.02)}
+    assert list(prof["by_part"])[:2] == ["matrix products", "GELU"]
+    assert "by part: matrix products 40.0%, GELU 20.0%, LayerNorm 15.0%" in \
+        profile.format_ranking(prof)
+
+
 def test_a_trace_without_kernels_is_an_error(tmp_path):
     trace = _write_trace(tmp_path / "t.xplane.pb", [
         ("tf_Compute/1", "StatefulPartitionedCall:StatefulPartitionedCall",
