@@ -90,6 +90,51 @@ def test_read_batches_reads_every_record_in_order(tmp_path, gz):
     assert os.path.getsize(path) > 0
 
 
+def test_read_parts_of_a_file_share_its_batches_exactly_once(tmp_path):
+    path = str(tmp_path / "r.tfrecord.gz")
+    records = [f"rec{i}".encode() for i in range(11)]
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for r in records:
+            w.write(r)
+    parts = [list(rb.read_part((path, i, 3), batch_rows=2)) for i in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]          # batches 0,3 / 1,4 / 2,5
+    assert parts[1][0] == records[2:4] and parts[2][1] == records[10:]
+    assert sorted(r for p in parts for b in p for r in b) == sorted(records)
+
+
+@pytest.mark.parametrize("n_files,read_tasks", [(1, 3), (3, 2), (2, 8)])
+def test_read_row_batches_reads_every_record_once_without_a_shuffle(tmp_path, n_files,
+                                                                    read_tasks):
+    """Files are cut into at least ``read_tasks`` read tasks; together they read each
+    record once, and the pipeline holds no Reshuffle of records (only of the tasks:
+    a shuffle of raw records kept them all in the DirectRunner's memory)."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    records, rows = [], []
+    for f in range(n_files):
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"), options="GZIP") as w:
+            for i in range(7):
+                rows.append((f"u{f}", "news", 100 * f + i, f"text {f} {i}"))
+                records.append(behavior_example(*rows[-1]))
+                w.write(records[-1])
+    with beam.Pipeline() as p:
+        batches = p | pp.ReadRowBatches(str(tmp_path / "part-*.gz"), batch_rows=2,
+                                        read_tasks=read_tasks)
+        assert_that(batches | beam.FlatMap(lambda b: b), equal_to(records))
+        parsed = batches | pp.ParseRowBatches(num_shards=4, spread=False)
+        assert_that(parsed["rows"] | beam.FlatMap(lambda kv: kv[1]), equal_to(rows),
+                    label="Rows")
+    labels = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+    p.visit(Visitor())
+    assert not [label for label in labels if label.endswith("Spread")]
+
+
 # --------------------------------------------------------------------------
 # The vectorised fast path (clue_keras.data.fast_rows) against behavior_row.
 # --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from clue_keras.data.engines import num_shards, select_tags
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
 from clue_keras.data.row_batches import (BATCH_ROWS, NUM_USER_SHARDS, clean_shard,
-                                         example_cells, parse_batch, read_batches,
+                                         example_cells, parse_batch, read_part,
                                          shard_rows)
 from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
                                     behavior_row)
@@ -167,30 +167,45 @@ class _ParseBatchFn(beam.DoFn):
             yield "rows", (shard, shard_rows_)
 
 
+#: Read tasks to cut the input into when there are fewer files (each task parses
+#: every ``parts``-th batch of a file; `clue_keras.data.row_batches.read_part`).
+READ_TASKS = 8
+
+
 @beam.ptransform_fn
 def ReadRowBatches(pbegin: beam.pvalue.PBegin, pattern: str,  # pylint: disable=invalid-name
-                   batch_rows: int = BATCH_ROWS) -> beam.PCollection:
-    """The TFRecord files matching ``pattern`` -> lists of ``batch_rows`` records
-    (`clue_keras.data.row_batches.read_batches`); as `ReadTFRecords`, the files are
-    listed now and a pattern matching nothing is an error."""
+                   batch_rows: int = BATCH_ROWS, read_tasks: int = READ_TASKS
+                   ) -> beam.PCollection:
+    """The TFRecord files matching ``pattern`` -> lists of ``batch_rows`` records.
+
+    The files are listed now (a pattern matching nothing is an error, as in
+    `ReadTFRecords`) and cut into at least ``read_tasks`` tasks, whole files or
+    every n-th batch of one (`clue_keras.data.row_batches.read_part`). The tasks,
+    not the records, are spread over the workers: a shuffle of the raw records
+    would hold all of them in the DirectRunner's memory at once (1M users, 39M
+    rows: killed at 23 GB on a 24 GB machine; docs/PERFORMANCE.md)."""
     from apache_beam.io.filesystems import FileSystems
 
     files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     if not files:
         raise OSError(f"No files found based on the file pattern {pattern}")
-    return (pbegin | "Files" >> beam.Create(files)
-            | "Read" >> beam.FlatMap(read_batches, batch_rows=batch_rows))
+    parts = max(1, -(-int(read_tasks) // len(files)))
+    return (pbegin | "Files" >> beam.Create([(f, i, parts) for f in files for i in range(parts)])
+            | "Read" >> beam.FlatMap(read_part, batch_rows=batch_rows))
 
 
 @beam.ptransform_fn
 def ParseRowBatches(batches: beam.PCollection,  # pylint: disable=invalid-name
-                    num_shards: int = NUM_USER_SHARDS) -> Dict[str, beam.PCollection]:
+                    num_shards: int = NUM_USER_SHARDS, spread: bool = True
+                    ) -> Dict[str, beam.PCollection]:
     """Lists of serialized raw tf.Examples -> ``{"rows": (user shard, [(user_id,
     service, timestamp, item_text), ...]) (`clue_keras.data.row_batches`),
     "dropped": the stats key of each dropped row}`` (`select_tags`: portable to
-    Dask). The batches are spread over the workers first (one worker reads a file)."""
-    parsed = (batches | "Spread" >> beam.Reshuffle()
-              | "Parse" >> beam.ParDo(_ParseBatchFn(num_shards)))
+    Dask). ``spread``: the batches are shuffled over the workers first; off when
+    they come from `ReadRowBatches`, whose tasks are spread already."""
+    if spread:
+        batches = batches | "Spread" >> beam.Reshuffle()
+    parsed = batches | "Parse" >> beam.ParDo(_ParseBatchFn(num_shards))
     return select_tags(parsed, ("rows", DROPPED))
 
 
@@ -347,7 +362,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     max_text_bytes = DEFAULT_MAX_TEXT_BYTES if max_text_bytes is None else int(max_text_bytes)
     min_items, min_services = int(params["min_items_per_user"]), int(params["min_services_per_user"])
     raw = p | "ReadRaw" >> ReadRowBatches(raw_pattern)  # pylint: disable=no-value-for-parameter
-    parsed = raw | "ParseRows" >> ParseRowBatches()  # pylint: disable=no-value-for-parameter
+    parsed = raw | "ParseRows" >> ParseRowBatches(spread=False)  # pylint: disable=no-value-for-parameter
     users = parsed["rows"] | "BuildUserHistories" >> BuildUserHistories(  # pylint: disable=no-value-for-parameter
         max_items=max_items, min_items=min_items, min_services=min_services,
         max_text_bytes=max_text_bytes)

@@ -32,8 +32,19 @@ NUM_USER_SHARDS = 64
 Row = Tuple[str, str, int, str]
 _COLUMNS = ("user_id", "service", "timestamp", "item_text")
 
-__all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "user_shard", "example_cells",
+__all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "read_part", "user_shard", "example_cells",
            "parse_batch", "shard_rows", "clean_shard"]
+
+
+def read_part(task: Tuple[str, int, int], batch_rows: int = BATCH_ROWS) -> Iterable[List[bytes]]:
+    """Batches ``part``, ``part + parts``, ... of the file of ``task = (path, part,
+    parts)`` (`read_batches`): ``parts`` tasks of one file share its batches, so a
+    file can be parsed by several workers without shuffling its records (each
+    task still decompresses the whole file, which costs little next to parsing)."""
+    path, part, parts = task
+    for i, batch in enumerate(read_batches(path, batch_rows)):
+        if i % parts == part:
+            yield batch
 
 
 def read_batches(path: str, batch_rows: int = BATCH_ROWS) -> Iterable[List[bytes]]:
