@@ -90,6 +90,16 @@ def test_read_batches_reads_every_record_in_order(tmp_path, gz):
     assert os.path.getsize(path) > 0
 
 
+def test_packed_rows_round_trip_and_clean_like_lists():
+    rows = [("u1", "news", 3, "b"), ("u2", "shop", 1, "café"), ("u1", "news", 2, "a")]
+    block = rb.pack_rows(rows)
+    assert isinstance(block, bytes) and rb.unpack_rows(block) == rows
+    assert rb.unpack_rows(rows) is rows
+    packed = dict(rb.clean_shard((0, [rb.pack_rows(rows[:1]), rb.pack_rows(rows[1:])]), 5))
+    assert packed == dict(rb.clean_shard((0, [rows]), 5))
+    assert packed["u1"].items == {"news": ["a", "b"]}
+
+
 def test_read_parts_of_a_file_share_its_batches_exactly_once(tmp_path):
     path = str(tmp_path / "r.tfrecord.gz")
     records = [f"rec{i}".encode() for i in range(11)]
@@ -123,8 +133,8 @@ def test_read_row_batches_reads_every_record_once_without_a_shuffle(tmp_path, n_
                                         read_tasks=read_tasks)
         assert_that(batches | beam.FlatMap(lambda b: b), equal_to(records))
         parsed = batches | pp.ParseRowBatches(num_shards=4, spread=False)
-        assert_that(parsed["rows"] | beam.FlatMap(lambda kv: kv[1]), equal_to(rows),
-                    label="Rows")
+        assert_that(parsed["rows"] | beam.FlatMap(lambda kv: rb.unpack_rows(kv[1])),
+                    equal_to(rows), label="Rows")
     labels = []
 
     class Visitor(beam.pipeline.PipelineVisitor):

@@ -38,8 +38,8 @@ from clue_keras.data.engines import num_shards, select_tags
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
 from clue_keras.data.records import SPLITS, clean_behaviors, split_of
 from clue_keras.data.row_batches import (BATCH_ROWS, NUM_USER_SHARDS, clean_shard,
-                                         example_cells, parse_batch, read_part,
-                                         shard_rows)
+                                         example_cells, pack_rows, parse_batch,
+                                         read_part, shard_rows)
 from clue_keras.data.values import (DROP_KEYS, EMPTY_TEXT_KEY, USER_DROP_KEYS, BadRow,
                                     behavior_row)
 from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
@@ -144,8 +144,9 @@ def split_index(user: Tuple[str, Any], num_partitions: int, eval_percent: int,
 
 class _ParseBatchFn(beam.DoFn):
     """A batch of serialized raw tf.Examples (`parse_batch`) -> ``("rows", (shard,
-    rows))`` per user shard of its usable rows (`shard_rows`), ``("dropped", stats
-    key)`` per dropped row (the first few are logged with the reason)."""
+    block))`` per user shard of its usable rows (`shard_rows`, packed by
+    `pack_rows`), ``("dropped", stats key)`` per dropped row (the first few are
+    logged with the reason)."""
 
     _LOG_FIRST = 5
 
@@ -164,7 +165,7 @@ class _ParseBatchFn(beam.DoFn):
                 logging.warning("BehaviorPreprocess: dropping a row (%s): %s", e.key, e)
             yield DROPPED, e.key
         for shard, shard_rows_ in shard_rows(rows, self._num_shards).items():
-            yield "rows", (shard, shard_rows_)
+            yield "rows", (shard, pack_rows(shard_rows_))
 
 
 #: Read tasks to cut the input into when there are fewer files (each task parses
@@ -198,8 +199,8 @@ def ReadRowBatches(pbegin: beam.pvalue.PBegin, pattern: str,  # pylint: disable=
 def ParseRowBatches(batches: beam.PCollection,  # pylint: disable=invalid-name
                     num_shards: int = NUM_USER_SHARDS, spread: bool = True
                     ) -> Dict[str, beam.PCollection]:
-    """Lists of serialized raw tf.Examples -> ``{"rows": (user shard, [(user_id,
-    service, timestamp, item_text), ...]) (`clue_keras.data.row_batches`),
+    """Lists of serialized raw tf.Examples -> ``{"rows": (user shard, `pack_rows` of
+    [(user_id, service, timestamp, item_text), ...]) (`clue_keras.data.row_batches`),
     "dropped": the stats key of each dropped row}`` (`select_tags`: portable to
     Dask). ``spread``: the batches are shuffled over the workers first; off when
     they come from `ReadRowBatches`, whose tasks are spread already."""

@@ -17,6 +17,7 @@ A row is ``(user_id, service, timestamp, item_text)`` (`Row`).
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
@@ -33,7 +34,7 @@ Row = Tuple[str, str, int, str]
 _COLUMNS = ("user_id", "service", "timestamp", "item_text")
 
 __all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "read_part", "user_shard", "example_cells",
-           "parse_batch", "shard_rows", "clean_shard"]
+           "parse_batch", "pack_rows", "unpack_rows", "shard_rows", "clean_shard"]
 
 
 def read_part(task: Tuple[str, int, int], batch_rows: int = BATCH_ROWS) -> Iterable[List[bytes]]:
@@ -202,6 +203,26 @@ def parse_batch(serialized: Sequence[bytes]) -> Tuple[List[Row], List[BadRow]]:
     return rows, bad
 
 
+def pack_rows(rows: List[Row]) -> bytes:
+    """A list of rows as one compressed opaque value for the shuffle (`unpack_rows`
+    reverses it): the four columns, pickled and zlib-compressed (level 1).
+
+    The DirectRunner keeps every grouped value in the runner's memory, and copies
+    them all when it hands them to the next stage (1M users, rows as tuples: the
+    runner peaked at 15 GB of 24; docs/PERFORMANCE.md, "1M users"). Columns of
+    ids, service names and texts compress several-fold. Pickle, because the bytes
+    never leave the pipeline that wrote them."""
+    columns = tuple(list(c) for c in zip(*rows)) if rows else ((), (), (), ())
+    return zlib.compress(pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack_rows(block: Any) -> List[Row]:
+    """The rows of a `pack_rows` block (a list of rows is returned as it is)."""
+    if not isinstance(block, bytes):
+        return block
+    return list(zip(*pickle.loads(zlib.decompress(block))))
+
+
 def shard_rows(rows: Iterable[Row], num_shards: int) -> Dict[int, List[Row]]:
     """Rows by `user_shard` of their user id."""
     out: Dict[int, List[Row]] = {}
@@ -213,12 +234,13 @@ def shard_rows(rows: Iterable[Row], num_shards: int) -> Dict[int, List[Row]]:
 def clean_shard(shard: Tuple[int, Iterable[Iterable[Row]]], max_items: int,
                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Iterable[Tuple[str, Any]]:
     """``(shard, batches of rows)`` -> ``(user_id, CleanedUser)`` for every user in it
-    (`clue_keras.data.records.clean_behaviors` on each user's rows)."""
+    (`clue_keras.data.records.clean_behaviors` on each user's rows); a batch is a
+    list of rows or a `pack_rows` block."""
     from clue_keras.data.records import clean_behaviors
 
     per_user: Dict[str, List[Tuple[str, int, str]]] = {}
     for rows in shard[1]:
-        for user, service, ts, text in rows:
+        for user, service, ts, text in unpack_rows(rows):
             per_user.setdefault(user, []).append((service, ts, text))
     for user, rows in per_user.items():
         yield user, clean_behaviors(rows, max_items, max_text_bytes=max_text_bytes)
