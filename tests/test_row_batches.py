@@ -98,6 +98,12 @@ def test_packed_rows_round_trip_and_clean_like_lists():
     packed = dict(rb.clean_shard((0, [rb.pack_rows(rows[:1]), rb.pack_rows(rows[1:])]), 5))
     assert packed == dict(rb.clean_shard((0, [rows]), 5))
     assert packed["u1"].items == {"news": ["a", "b"]}
+    # Columns of ids, services and texts compress (the DirectRunner holds them all).
+    many = [(f"user-{i // 40}", "news", 1600000000 + i, f"an item text {i % 300}")
+            for i in range(4096)]
+    assert rb.unpack_rows(rb.pack_rows(many)) == many
+    assert len(rb.pack_rows(many)) < len(__import__("pickle").dumps(many)) / 3
+    assert rb.unpack_rows(rb.pack_rows([])) == []
 
 
 def test_read_parts_of_a_file_share_its_batches_exactly_once(tmp_path):
