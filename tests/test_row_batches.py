@@ -138,7 +138,7 @@ def test_read_row_batches_reads_every_record_once_without_a_shuffle(tmp_path, n_
         batches = p | pp.ReadRowBatches(str(tmp_path / "part-*.gz"), batch_rows=2,
                                         read_tasks=read_tasks)
         assert_that(batches | beam.FlatMap(lambda b: b), equal_to(records))
-        parsed = batches | pp.ParseRowBatches(num_shards=4, spread=False)
+        parsed = batches | pp.ParseRowBatches(num_shards=4)
         assert_that(parsed["rows"] | beam.FlatMap(lambda kv: rb.unpack_rows(kv[1])),
                     equal_to(rows), label="Rows")
     labels = []

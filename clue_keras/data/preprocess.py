@@ -197,15 +197,12 @@ def ReadRowBatches(pbegin: beam.pvalue.PBegin, pattern: str,  # pylint: disable=
 
 @beam.ptransform_fn
 def ParseRowBatches(batches: beam.PCollection,  # pylint: disable=invalid-name
-                    num_shards: int = NUM_USER_SHARDS, spread: bool = True
-                    ) -> Dict[str, beam.PCollection]:
+                    num_shards: int = NUM_USER_SHARDS) -> Dict[str, beam.PCollection]:
     """Lists of serialized raw tf.Examples -> ``{"rows": (user shard, `pack_rows` of
     [(user_id, service, timestamp, item_text), ...]) (`clue_keras.data.row_batches`),
     "dropped": the stats key of each dropped row}`` (`select_tags`: portable to
-    Dask). ``spread``: the batches are shuffled over the workers first; off when
-    they come from `ReadRowBatches`, whose tasks are spread already."""
-    if spread:
-        batches = batches | "Spread" >> beam.Reshuffle()
+    Dask). Each batch is parsed where it is: `ReadRowBatches` spreads its read
+    tasks over the workers, `ParseRows` its batches."""
     parsed = batches | "Parse" >> beam.ParDo(_ParseBatchFn(num_shards))
     return select_tags(parsed, ("rows", DROPPED))
 
@@ -215,9 +212,10 @@ def ParseRows(serialized: beam.PCollection,  # pylint: disable=invalid-name
               batch_rows: int = BATCH_ROWS) -> Dict[str, beam.PCollection]:
     """bytes (serialized raw tf.Examples) -> `ParseRowBatches` of batches of them
     (``beam.BatchElements``, whose output the Dask runner loses: `build_pipeline`
-    reads batches with `ReadRowBatches` instead)."""
+    reads batches with `ReadRowBatches` instead), spread over the workers first."""
     return (serialized | "Batch" >> beam.BatchElements(min_batch_size=batch_rows,
                                                        max_batch_size=batch_rows)
+            | "Spread" >> beam.Reshuffle()
             | "ParseBatches" >> ParseRowBatches())  # pylint: disable=no-value-for-parameter
 
 
@@ -363,7 +361,7 @@ def build_pipeline(p: beam.Pipeline, raw_pattern: str, output_uri: str,
     max_text_bytes = DEFAULT_MAX_TEXT_BYTES if max_text_bytes is None else int(max_text_bytes)
     min_items, min_services = int(params["min_items_per_user"]), int(params["min_services_per_user"])
     raw = p | "ReadRaw" >> ReadRowBatches(raw_pattern)  # pylint: disable=no-value-for-parameter
-    parsed = raw | "ParseRows" >> ParseRowBatches(spread=False)  # pylint: disable=no-value-for-parameter
+    parsed = raw | "ParseRows" >> ParseRowBatches()  # pylint: disable=no-value-for-parameter
     users = parsed["rows"] | "BuildUserHistories" >> BuildUserHistories(  # pylint: disable=no-value-for-parameter
         max_items=max_items, min_items=min_items, min_services=min_services,
         max_text_bytes=max_text_bytes)

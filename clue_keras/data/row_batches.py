@@ -33,8 +33,8 @@ NUM_USER_SHARDS = 64
 Row = Tuple[str, str, int, str]
 _COLUMNS = ("user_id", "service", "timestamp", "item_text")
 
-__all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "read_part", "user_shard", "example_cells",
-           "parse_batch", "pack_rows", "unpack_rows", "shard_rows", "clean_shard"]
+__all__ = ["BATCH_ROWS", "NUM_USER_SHARDS", "Row", "read_batches", "read_part", "user_shard",
+           "example_cells", "parse_batch", "pack_rows", "unpack_rows", "shard_rows", "clean_shard"]
 
 
 def read_part(task: Tuple[str, int, int], batch_rows: int = BATCH_ROWS) -> Iterable[List[bytes]]:
@@ -212,7 +212,7 @@ def pack_rows(rows: List[Row]) -> bytes:
     runner peaked at 15 GB of 24; docs/PERFORMANCE.md, "1M users"). Columns of
     ids, service names and texts compress several-fold. Pickle, because the bytes
     never leave the pipeline that wrote them."""
-    columns = tuple(list(c) for c in zip(*rows)) if rows else ((), (), (), ())
+    columns = tuple(list(c) for c in zip(*rows)) if rows else ((),) * len(_COLUMNS)
     return zlib.compress(pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
