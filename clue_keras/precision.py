@@ -16,9 +16,10 @@ import tensorflow as tf
 from clue_keras.config import PRECISIONS as POLICIES
 
 #: Narrowest model (``hidden_dim``) for which ``auto`` trains in ``mixed_bfloat16`` on a
-#: CPU with native bf16. `clue bench train` on a Xeon with AMX (docs/PERFORMANCE.md,
-#: "Precision"): clue-4m (192 wide) and clue-20m (384) step faster in mixed_bfloat16
-#: than in float32; tiny (32) is no faster bucketed and slower padded, its default.
+#: CPU with native bf16. `clue bench train` on a Xeon with AMX and on an AMD EPYC with
+#: AVX512-BF16 (docs/PERFORMANCE.md, "Precision"): clue-4m (192 wide) and clue-20m (384)
+#: step 1.5-1.7x faster in mixed_bfloat16 than in float32 on both; tiny (32) is 1.1-1.3x
+#: faster on the AMD, but no faster bucketed and slower padded, its default, on the Xeon.
 BF16_MIN_HIDDEN = 128
 
 
