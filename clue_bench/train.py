@@ -21,10 +21,13 @@ from clue_keras.config import ModelConfig, TrainConfig, get_preset, param_count
 from clue_keras.encoder import DEFAULT_CHILD_BUCKETS, DEFAULT_PARENT_BUCKETS, auto_buckets
 from clue_keras.precision import resolve_policy
 from clue_keras.optimizer import make_optimizer
+from clue_bench.flops import forward_flops  # noqa: F401  (re-exported: clue_bench.train.forward_flops)
 
 #: Modes: the encoder padded (real items gathered, every slot of them computed),
-#: bucketed by length, or with static shapes (every item slot) compiled by XLA.
-MODES = ("padded", "bucketed", "xla")
+#: bucketed by length, with static shapes (every item slot) compiled by XLA, or
+#: packed: the child on one stream of real tokens compiled by XLA per length rung
+#: (`clue_keras.packed`), the parent bucketed.
+MODES = ("padded", "bucketed", "xla", "packed")
 DEFAULT_MODES = ("padded", "bucketed")
 LENGTHS = ("skewed", "uniform")
 
@@ -110,72 +113,6 @@ def records_batches(records: str, mc: ModelConfig, batch_size: int, batches: int
     return np.concatenate(ids).astype(np.int32), mc
 
 
-def _bucket_plan(ext: np.ndarray, max_len: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(widths, rows per bucket) of the encoder's bucketing of rows of these extents."""
-    from clue_keras.buckets import bucket_ids, optimal_widths
-
-    widths = optimal_widths(tf.constant(ext, tf.int32), max_len, k)
-    ids = bucket_ids(tf.constant(ext, tf.int32), widths).numpy()[ext > 0]
-    return widths.numpy(), np.bincount(ids, minlength=k)
-
-
-def forward_flops(mc: ModelConfig, ids: np.ndarray, child_buckets: int = 0,
-                  parent_buckets: int = 0, batch_size: Optional[int] = None,
-                  static_shapes: bool = False) -> Dict[str, float]:
-    """Multiply-adds x 2 of one forward pass over what the encoder computes, and its
-    real and computed positions, averaged over the batches of ``batch_size`` rows
-    of ``ids`` (default: one batch).
-
-    Padded (0 buckets): the child runs on real items only, all L slots of each;
-    the parent on all S slots of every (user, service). Bucketed: each bucket on
-    its width (`clue_keras.buckets`), empty histories skipped. ``static_shapes``:
-    the child also runs on the padding items (all S x L slots).
-    Keys: ``flops``; ``child_tokens_real`` (non-zero ids), ``child_tokens_computed``;
-    ``parent_items_real``, ``parent_items_computed``; ``real_tokens`` and
-    ``computed_tokens``, the sums of child and parent figures.
-    """
-    from clue_keras.buckets import extents
-
-    d, ff = mc.hidden_dim, mc.intermediate_dim
-    s, l = ids.shape[2], ids.shape[3]
-
-    def block(seq_len, n_seqs):
-        per_token = 2 * (4 * d * d + 2 * d * ff) + 2 * 2 * seq_len * d
-        return n_seqs * seq_len * per_token
-
-    def side(ext, max_len, k, layers, padded_rows):
-        """(flops, positions computed) of one transformer over rows of extents ``ext``."""
-        if not k:
-            return layers * block(max_len, padded_rows), padded_rows * max_len
-        widths, counts = _bucket_plan(ext, max_len, k)
-        return (layers * sum(block(int(w), int(c)) for w, c in zip(widths, counts)),
-                int((widths * counts).sum()))
-
-    batch_size = batch_size or ids.shape[0]
-    totals: Dict[str, float] = {}
-    n = 0
-    for start in range(0, ids.shape[0], batch_size):
-        b = ids[start:start + batch_size]
-        flat = b.reshape(-1, l)
-        tok_ext = extents(tf.constant(flat != 0)).numpy()
-        item_mask = (flat != 0).any(-1).reshape(-1, s)
-        real_items = int(item_mask.sum())
-        item_ext = extents(tf.constant(item_mask)).numpy()
-        cf, cc = side(tok_ext, l, child_buckets, mc.child_layers,
-                      flat.shape[0] if static_shapes else real_items)
-        pf, pc = side(item_ext, s, parent_buckets, mc.parent_layers, item_mask.shape[0])
-        fig = {"flops": float(cf + pf), "child_tokens_real": int((flat != 0).sum()),
-               "child_tokens_computed": cc, "parent_items_real": real_items,
-               "parent_items_computed": pc}
-        for key, v in fig.items():
-            totals[key] = totals.get(key, 0) + v
-        n += 1
-    out = {key: v / n for key, v in totals.items()}
-    out["real_tokens"] = out["child_tokens_real"] + out["parent_items_real"]
-    out["computed_tokens"] = out["child_tokens_computed"] + out["parent_items_computed"]
-    return out
-
-
 def matmul_flops_per_s(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
@@ -200,9 +137,10 @@ def bench_data(preset: str, batch_size: int, fill: float = 0.5, lengths: str = "
 
 def bench_model(mc: ModelConfig, policy: str, batch_size: int, steps: int,
                 strategy: tf.distribute.Strategy, child_buckets: int, parent_buckets: int,
-                xla: bool = False):
+                xla: bool = False, packed: bool = False):
     """A compiled pre-trainer under ``strategy``: no XLA, as the Trainer compiles it,
-    or with ``xla`` the encoder with static shapes and ``jit_compile=True``."""
+    or with ``xla`` the encoder with static shapes and ``jit_compile=True``, or
+    with ``packed`` the child packed (an XLA island in the training step)."""
     from clue_keras.distribute import adapt_keras_model
     from clue_keras.encoder import CLUEEncoder
     from clue_keras.pretrainer import CLUEPretrainer
@@ -212,7 +150,7 @@ def bench_model(mc: ModelConfig, policy: str, batch_size: int, steps: int,
         # clue_keras.train.build_pretrainer, with the bucket counts given.
         encoder = CLUEEncoder.from_config_dataclass(mc, dtype=policy, child_buckets=child_buckets,
                                                     parent_buckets=parent_buckets,
-                                                    static_shapes=xla)
+                                                    static_shapes=xla, packed_child=packed)
         model = CLUEPretrainer(encoder, projection_dim=mc.projection_dim,
                                logit_scale_init=mc.logit_scale_init,
                                logit_scale_max=mc.logit_scale_max, dtype=policy)
@@ -289,7 +227,7 @@ def time_fit_steps(model, ds, steps: int, warmup: int = 3) -> Dict[str, float]:
 
 
 def _buckets_of(mode: str, buckets: int, parent_buckets: Optional[int]) -> Tuple[int, int]:
-    if mode != "bucketed":
+    if mode not in ("bucketed", "packed"):
         return 0, 0
     return buckets, buckets if parent_buckets is None else parent_buckets
 
@@ -302,7 +240,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
                 warmup: int = 3, profile_dir: Optional[str] = None) -> Dict[str, object]:
     """Times each of ``modes`` (``padded``, ``bucketed`` with ``buckets`` length
     buckets for the child and ``parent_buckets``, default the same, for the
-    parent; ``xla``: static shapes under XLA) on the same data in this process, in ``rounds`` alternating rounds
+    parent; ``xla``: static shapes under XLA; ``packed``: the child packed,
+    the parent bucketed) on the same data in this process, in ``rounds`` alternating rounds
     (the median per mode), then a matmul in the policy's compute dtype.
 
     With ``records`` the data are ``steps`` global batches of real records (each
@@ -333,7 +272,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
     policy = resolve_policy(precision, mc.hidden_dim)
     ds = _dataset(ids, batch_size)
     models = {m: bench_model(mc, policy, batch_size, steps, strategy,
-                             *_buckets_of(m, buckets, parent_buckets), xla=m == "xla")
+                             *_buckets_of(m, buckets, parent_buckets), xla=m == "xla",
+                             packed=m == "packed")
               for m in modes}
     times: Dict[str, list] = {m: [] for m in modes}
     for r in range(rounds):
@@ -358,7 +298,8 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
     for m in modes:
         step_s = float(np.median(times[m]))
         f = forward_flops(mc, ids, *_buckets_of(m, buckets, parent_buckets),
-                          batch_size=batch_size, static_shapes=m == "xla")
+                          batch_size=batch_size, static_shapes=m == "xla",
+                          packed_child=m == "packed")
         achieved = 3 * f["flops"] / step_s                               # fwd + bwd ~ 3x fwd
         result[m] = {
             "step_time_s": step_s,
@@ -384,7 +325,7 @@ def bench_train(preset: str, steps: int = 20, batch_size: int = 32, fill: float 
 
         trace = profile_fit(models[modes[-1]], ds, steps, profile_dir)
         result["profile"] = {"mode": modes[-1], **rank_ops(trace, steps)}
-    for m in ("bucketed", "xla"):
+    for m in ("bucketed", "xla", "packed"):
         if "padded" in models and m in models:
             result[f"speedup_{m}_vs_padded"] = (result["padded"]["step_time_s"]
                                                 / result[m]["step_time_s"])

@@ -42,11 +42,12 @@ def _add_train(bsub) -> None:
                    help="benchmark on real records instead: a `clue prepare --out DIR` "
                         "directory (vocab/, Split-train/); --steps batches of it, "
                         "S and L from the records")
-    b.add_argument("--mode", choices=["both", "padded", "bucketed", "xla"], nargs="+",
-                   default=["both"],
+    b.add_argument("--mode", choices=["both", "padded", "bucketed", "xla", "packed"],
+                   nargs="+", default=["both"],
                    help="one or more of: the encoder padded, bucketed by length, with "
-                        "static shapes compiled by XLA (xla); both = padded bucketed; "
-                        "all timed in this process (default: both)")
+                        "static shapes compiled by XLA (xla), with the child on one "
+                        "stream of real tokens compiled by XLA per length rung (packed); "
+                        "both = padded bucketed; all timed in this process (default: both)")
     b.add_argument("--buckets", type=positive_int, default=None,
                    help="length buckets of the child transformer (bucketed mode; "
                         "default: the encoder's)")

@@ -15,6 +15,7 @@ from keras import ops
 from clue_keras.buckets import bucketed_map, computed_positions, extents, optimal_widths
 from clue_keras.config import ModelConfig
 from clue_keras.masked_mean import MaskedMean
+from clue_keras.packed import packed_items, packed_stack, rung
 from clue_keras.transformer_layer import TransformerLayer
 
 
@@ -70,6 +71,9 @@ class CLUEEncoder(keras.Model):
     step compiles under XLA (``jit_compile=True``); without it the gather of real
     items has a data-dependent size that XLA rejects. On CPU it is slower than
     the default (docs/PERFORMANCE.md, "XLA"); needs no buckets.
+    ``packed_child``: in training steps (``training=True``) the child runs on
+    all real tokens of the batch as one stream, compiled by XLA per length rung
+    (`clue_keras.packed`); inference and export keep ``child_buckets``.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class CLUEEncoder(keras.Model):
         child_buckets: Optional[int] = None,
         parent_buckets: Optional[int] = None,
         static_shapes: bool = False,
+        packed_child: bool = False,
         dtype=None,
         **kwargs,
     ):
@@ -112,6 +117,10 @@ class CLUEEncoder(keras.Model):
             raise ValueError("static_shapes=True runs every slot padded: it needs "
                              "child_buckets=0 and parent_buckets=0")
         self.static_shapes = bool(static_shapes)
+        if packed_child and static_shapes:
+            raise ValueError("packed_child=True and static_shapes=True are two ways to "
+                             "compile the child under XLA: choose one")
+        self.packed_child = bool(packed_child)
 
         policy = self.dtype_policy
         self.token_embedding = keras.layers.Embedding(
@@ -230,7 +239,8 @@ class CLUEEncoder(keras.Model):
     def computed_positions(self, token_ids):
         """float32 scalar: the positions the child and parent transformers compute for
         ``token_ids`` [B, P, S, L] (padded: L per real item and S per (user, service);
-        bucketed: each row at its bucket's width, empty histories skipped). Real
+        bucketed: each row at its bucket's width, empty histories skipped; a packed
+        child: the rung of its training stream). Real
         positions are the non-zero ids plus the real items; the rest is padding."""
         ids = ops.cast(token_ids, "int32")
         flat = ops.reshape(ids, (-1, self.max_tokens))
@@ -244,7 +254,10 @@ class CLUEEncoder(keras.Model):
             return computed_positions(ext, optimal_widths(ext, width, k))
 
         rows = tf.ones_like(item_mask) if self.static_shapes else item_mask
-        child = side(token_mask, rows, self.max_tokens, self.child_buckets)
+        if self.packed_child:  # what a training step computes: the stream's rung
+            child = tf.cast(rung(tf.reduce_sum(tf.cast(token_mask, tf.int32))), tf.int64)
+        else:
+            child = side(token_mask, rows, self.max_tokens, self.child_buckets)
         histories = ops.reshape(item_mask, (-1, self.max_items))
         parent = side(histories, tf.ones_like(histories[:, 0]), self.max_items,
                       self.parent_buckets)
@@ -253,6 +266,11 @@ class CLUEEncoder(keras.Model):
     def _items(self, flat, item_mask_flat, training):
         """Item vectors [B*P*S, D] (zeros for padding items): the child transformer on
         real items only, padded to L or bucketed by length, scattered back."""
+        if self.packed_child and training is True:
+            return packed_items(
+                lambda ids, pos: self.token_embedding(ids) + self.token_position(pos),
+                packed_stack(self, self.child, self.max_tokens), self.compute_dtype,
+                flat, self.max_tokens, training)
         if self.static_shapes:  # every slot, so that no shape depends on the data (XLA)
             h = self.encode_items(flat, training=training)
             return h * ops.cast(item_mask_flat, h.dtype)[:, None]
@@ -294,6 +312,6 @@ class CLUEEncoder(keras.Model):
             num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,
             output_dim=self.output_dim, dropout=self.dropout,
             child_buckets=self.child_buckets, parent_buckets=self.parent_buckets,
-            static_shapes=self.static_shapes,
+            static_shapes=self.static_shapes, packed_child=self.packed_child,
         )
         return config
