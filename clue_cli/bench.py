@@ -127,7 +127,7 @@ def _print_modes(res, modes) -> None:
     if feed:
         print(f"\ninput pipeline ({feed['mode']}): {feed['streamed_step_s']:.4g} s/step fed by the "
               f"Trainer's reader vs {feed['in_memory_step_s']:.4g} s in memory: "
-              f"ratio {feed['ratio']:.3f}")
+              f"ratio {feed['ratio']:.3f} (median of {feed['rounds']} alternating rounds)")
     if res.get("profile"):
         from clue_bench.profile import format_ranking
 
