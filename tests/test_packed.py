@@ -10,7 +10,7 @@ from clue_bench.train import bench_train, forward_flops, synthetic_batch
 from clue_keras.config import PRESETS
 from clue_keras.encoder import CLUEEncoder
 from clue_keras.packed import CHUNK, RUNGS_PER_OCTAVE, pack_tokens, rung
-from clue_keras.pretrainer import CLUEPretrainer
+from model_pairs import same_weight_pretrainers
 
 MC = PRESETS["tiny"]
 IDS = synthetic_batch(MC, 6, seed=7)
@@ -18,16 +18,9 @@ IDS = synthetic_batch(MC, 6, seed=7)
 
 def pretrainers(packed_buckets=0):
     """(padded, packed) pre-trainers with the same weights."""
-    models = []
-    for packed in (False, True):
-        enc = CLUEEncoder.from_config_dataclass(
-            MC, child_buckets=packed_buckets if packed else 0, parent_buckets=0,
-            packed_child=packed)
-        model = CLUEPretrainer(enc, projection_dim=MC.projection_dim)
-        model.build(enc.input_shape_for_build())
-        models.append(model)
-    models[1].set_weights(models[0].get_weights())
-    return models
+    return same_weight_pretrainers(
+        MC, {"child_buckets": 0, "parent_buckets": 0},
+        {"child_buckets": packed_buckets, "parent_buckets": 0, "packed_child": True})
 
 
 def loss_and_grads(model, ids=IDS):

@@ -31,6 +31,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gcs_emulator import GcsEmulator  # noqa: E402
+from processes import kill, stop  # noqa: E402
 
 pytest.importorskip("gcp_storage_emulator")
 
@@ -305,7 +306,6 @@ def test_clue_serve_polls_a_gcs_model_base_path(gcs, models):
     loads through tf.io.gfile; answers equal the local SavedModel's; a version copied
     later (markers last, as the Pusher's atomic_dir does) is picked up."""
     import selectors
-    import signal
 
     import numpy as np
     import tensorflow as tf
@@ -348,9 +348,6 @@ def test_clue_serve_polls_a_gcs_model_base_path(gcs, models):
                 got = client.predict({"item_texts": users})["embedding"]
             assert client.last_model_version == 2
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)

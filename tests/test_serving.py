@@ -39,6 +39,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from processes import kill, stop
+
 from clue_keras.serving import models_config
 from clue_keras.serving.client import CLUEClient, ServingError
 from clue_keras.serving.version_dirs import list_versions
@@ -497,7 +499,6 @@ def test_models_config_parses_back(tmp_path):
 @local_only
 def test_clue_serve_binds_loopback_and_stops_on_sigterm(saved_models, model_base, tmp_path):
     import selectors
-    import signal
     import subprocess
     import sys
 
@@ -523,9 +524,6 @@ def test_clue_serve_binds_loopback_and_stops_on_sigterm(saved_models, model_base
             out = client.predict({"item_texts": np.full((1, P, S), "abc", dtype=object)})
             assert client.last_model_version == 3
         np.testing.assert_array_equal(out["embedding"], np.full((1, P * S), 3.0, np.float32))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)

@@ -22,7 +22,6 @@ import os
 import random
 import selectors
 import shutil
-import signal
 import string
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from processes import stop
 
 from clue_keras.tokenizer import register_text_ops
 
@@ -78,17 +79,6 @@ def start_clue_serve(base: str, *flags: str, log_path: str):
     line = proc.stdout.readline()
     assert " on 127.0.0.1:" in line, line
     return proc, line.rsplit(" on ", 1)[-1].strip()
-
-
-def stop(proc) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def rss_mb(pid: int) -> float:

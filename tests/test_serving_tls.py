@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import selectors
-import signal
 import subprocess
 import sys
 
@@ -22,6 +21,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from processes import kill, stop
 
 from clue_keras.serving.client import CLUEClient, ServingError
 from clue_keras.serving.server import load_ssl_config, serve, ssl_config_class, ssl_config_from_files
@@ -267,9 +268,6 @@ def test_clue_serve_ssl_config_file_and_clue_embed_tls(pki, model_base, tmp_path
         assert main(args) == 2
         assert "UNAVAILABLE" in capsys.readouterr().err
         assert main(args + ["--tls-cert", pki["client.pem"]]) == 2  # half a key pair
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)

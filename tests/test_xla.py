@@ -8,7 +8,7 @@ import tensorflow as tf
 from clue_bench.train import bench_train, forward_flops, synthetic_batch
 from clue_keras.config import PRESETS
 from clue_keras.encoder import CLUEEncoder
-from clue_keras.pretrainer import CLUEPretrainer
+from model_pairs import same_weight_pretrainers
 
 MC = PRESETS["tiny"]
 IDS = synthetic_batch(MC, 6, seed=5)
@@ -16,15 +16,8 @@ IDS = synthetic_batch(MC, 6, seed=5)
 
 def pretrainers():
     """(compacted padded, static) pre-trainers with the same weights."""
-    models = []
-    for static in (False, True):
-        enc = CLUEEncoder.from_config_dataclass(MC, child_buckets=0, parent_buckets=0,
-                                                static_shapes=static)
-        model = CLUEPretrainer(enc, projection_dim=MC.projection_dim)
-        model.build(enc.input_shape_for_build())
-        models.append(model)
-    models[1].set_weights(models[0].get_weights())
-    return models
+    return same_weight_pretrainers(MC, *({"child_buckets": 0, "parent_buckets": 0,
+                                          "static_shapes": static} for static in (False, True)))
 
 
 def loss_and_grads(model, jit=False):
