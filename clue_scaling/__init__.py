@@ -23,11 +23,12 @@ every combination once and records, per run:
   exponent b unchanged and multiplies a by P^b;
   C is the paper's *nominal* compute on the configured slots: it does not
   change with the length buckets of ``clue_keras.buckets`` (on by default for
-  models >= 128 wide), which skip padding positions but give the same loss
-  and gradients within float tolerance. What the encoder really computes
-  after bucketing is ``clue bench train``'s ``forward_flops`` (docs/PERFORMANCE.md);
-  a study's C therefore stays comparable with the paper's and across bucket
-  settings and data fill;
+  models >= 128 wide) or the packed child of ``clue_keras.packed`` (opt-in),
+  which skip padding positions but give the same loss and gradients within
+  float tolerance. What the encoder really computes after bucketing or
+  packing is ``clue_bench.flops.forward_flops``, which ``clue bench train``
+  reports (docs/PERFORMANCE.md); a study's C therefore stays comparable with
+  the paper's and across bucket settings and data fill;
 * ``final_train_loss``: contrastive loss at the training batch size, mean over
   the last checkpoint interval (not comparable across batch sizes: the CLIP
   loss of a batch of B users is bounded by about log B);
