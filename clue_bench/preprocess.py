@@ -39,6 +39,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from clue_keras.data.direct_runner import local_beam_args
+
 #: Default user counts of `clue bench preprocess`.
 DEFAULT_USERS = (10_000, 100_000)
 
@@ -82,9 +84,9 @@ def write_raw_examples(data_dir: str, out_dir: str, batch_rows: int = 65_536) ->
 
 
 def beam_options(mode: str = "multi_processing", workers: int = 0) -> List[str]:
-    """DirectRunner options; ``workers`` 0 = one per CPU core."""
-    return ["--runner=DirectRunner", f"--direct_running_mode={mode}",
-            f"--direct_num_workers={workers}"]
+    """DirectRunner options (without its Prism attempt: `clue_keras.data.direct_runner`);
+    ``workers`` 0 = one per CPU core."""
+    return local_beam_args(mode, workers)
 
 
 def time_beam(raw_pattern: str, out_dir: str, params: Dict[str, Any],

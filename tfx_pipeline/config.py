@@ -16,6 +16,7 @@ from clue_keras.config import (LOCAL_TRAIN, PRECISIONS, ModelConfig, TrainConfig
 from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
 from clue_keras.data.formats import FORMATS, detect_format  # noqa: F401  (re-exported)
 from clue_keras.data.formats import format_of
+from clue_keras.data.direct_runner import local_beam_args
 
 #: Input formats the pipeline's ExampleGen understands, by file extension.
 FORMAT_EXTENSIONS = FORMATS
@@ -30,12 +31,10 @@ LOOKUP_MODEL_NAME = "clue_user_lookup"
 #: The lookup model's serving directory, by default: the encoder's, with this suffix.
 LOOKUP_DIR_SUFFIX = "_user_lookup"
 
-#: Beam options used when the caller gives none: the DirectRunner in
-#: multi-processing mode with one worker per CPU core (0 = auto).
-DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
-    "--direct_running_mode=multi_processing",
-    "--direct_num_workers=0",
-)
+#: Beam options used when the caller gives none: the DirectRunner without its
+#: Prism attempt (`clue_keras.data.direct_runner`) in multi-processing mode with
+#: one worker per CPU core (0 = auto).
+DEFAULT_BEAM_ARGS: Tuple[str, ...] = tuple(local_beam_args("multi_processing", 0))
 
 
 @dataclasses.dataclass(frozen=True)

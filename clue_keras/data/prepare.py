@@ -22,12 +22,12 @@ import shutil
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from clue_keras.data.formats import BEHAVIOR_COLUMNS
+from clue_keras.data.direct_runner import local_beam_args
 from clue_keras.data.records import SPLITS
 from clue_keras.text import DEFAULT_MAX_TEXT_BYTES
 
 #: Beam options of the in-process run.
-IN_PROCESS_OPTIONS = ("--runner=DirectRunner", "--direct_running_mode=in_memory",
-                      "--direct_num_workers=1")
+IN_PROCESS_OPTIONS = tuple(local_beam_args("in_memory", 1))
 _RAW_DIRNAME = ".raw-examples"
 
 

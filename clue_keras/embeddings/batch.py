@@ -48,17 +48,16 @@ from clue_keras.embeddings.table import (DTYPES, MANIFEST_FILE, SHARD_PREFIX, SH
                                          build_manifest, parquet_schema, quantize,
                                          shard_summary)
 from clue_keras.embeddings.user_rows import read_model_layout, user_text_row
+from clue_keras.data.direct_runner import local_beam_args
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "item_texts"
 OUTPUT_NAME = "embedding"
 #: Without a terminal, a progress line every this many users embedded (and one at the end).
 PROGRESS_LINE_EVERY = 10_000
-#: Beam options when the caller gives none: the DirectRunner over all cores.
-DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
-    "--direct_running_mode=multi_processing",
-    "--direct_num_workers=0",
-)
+#: Beam options when the caller gives none: the DirectRunner over all cores
+#: (without its Prism attempt: `clue_keras.data.direct_runner`).
+DEFAULT_BEAM_ARGS: Tuple[str, ...] = tuple(local_beam_args("multi_processing", 0))
 
 
 def _read_behavior_file(path: str, services: Sequence[str]) -> Iterator[Tuple[str, Tuple[str, int, str]]]:
